@@ -1,0 +1,14 @@
+"""Modules the forkserver imports once, so every agent process is forked with them warm.
+
+`BASE` is what every agent needs; `LLM` adds litellm (~4 s of imports paid once per system, never per agent).
+Importing this module has no side effects; `llmling.agent_proc.preload_llm` is the module that does the work.
+"""
+
+from __future__ import annotations
+
+BASE = ["llmling.agent_proc.main"]
+LLM = [*BASE, "llmling.agent_proc.preload_llm"]
+
+
+def modules(needs_llm: bool) -> list[str]:
+    return LLM if needs_llm else BASE

@@ -1,0 +1,90 @@
+"""One agent's state inside its process: its backend, its conversation, its components."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from llmling.agent_proc.reply import Backend, OnText, Reply
+from llmling.agent_proc.spec import AgentSpec
+
+OnComponent = Callable[[str, str], None]
+
+
+def make_backend(spec: AgentSpec) -> Backend:
+    if spec.config.get("callback"):
+        from llmling.agent_proc.callback_backend import CallbackBackend
+
+        return CallbackBackend(spec.config["callback"], spec.base_dir)
+    from llmling.agent_proc.llm_backend import LLMBackend
+
+    return LLMBackend(spec.config, spec.api_base)
+
+
+class AgentRuntime:
+    """Serves one conversation at a time; history lives here, in the agent's process."""
+
+    def __init__(self, spec: AgentSpec) -> None:
+        self.spec = spec
+        self.backend = make_backend(spec)
+        self.history: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+
+    def components(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Named init steps; later capabilities (tools, MCP, knowledge) add theirs here."""
+        return {"backend": self.backend.init}
+
+    async def init(self, on_component: OnComponent, parallel: bool = True) -> None:
+        """Initialise every component (concurrently unless `parallel` is False).
+
+        Raises ComponentError naming the first component that failed.
+        """
+        steps = self.components()
+        if parallel:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for name, step in steps.items():
+                        group.create_task(_init_one(name, step, on_component))
+            except BaseExceptionGroup as group_error:
+                raise group_error.exceptions[0] from None
+        else:
+            for name, step in steps.items():
+                await _init_one(name, step, on_component)
+
+    def _messages(self, prompt: str) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        system_prompt = self.spec.config.get("system_prompt")
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.extend(self.history)
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    async def run(self, prompt: str, on_text: OnText | None = None) -> tuple[Reply, float]:
+        """One turn of the conversation; returns the reply and its elapsed seconds."""
+        async with self._lock:
+            started = time.perf_counter()
+            reply = await self.backend.run(self._messages(prompt), on_text)
+            self.history.append({"role": "user", "content": prompt})
+            self.history.append({"role": "assistant", "content": reply.content})
+            return reply, time.perf_counter() - started
+
+
+class ComponentError(Exception):
+    def __init__(self, component: str, cause: BaseException) -> None:
+        super().__init__(f"component {component!r} failed: {type(cause).__name__}: {cause}")
+        self.component = component
+
+
+async def _init_one(name: str, step: Callable[[], Awaitable[None]], on_component: OnComponent) -> None:
+    on_component(name, "starting")
+    try:
+        await step()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        on_component(name, "failed")
+        raise ComponentError(name, exc) from exc
+    on_component(name, "ready")

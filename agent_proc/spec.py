@@ -1,0 +1,22 @@
+"""What the supervisor hands an agent process at spawn (pickled through the forkserver, never on argv)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    name: str
+    # AgentConfig.model_dump(): plain data, so the child needs no config validation.
+    config: dict[str, Any]
+    socket_path: str
+    # Invariant: known only to the supervisor and this agent's process; proves the connection is this agent.
+    token: str
+    # The config file's folder: importable for callbacks and tools.
+    base_dir: str
+    # Set by the supervisor for `local/<name>` models: where the embedded model serves.
+    api_base: str | None = None
+    log_level: str = "INFO"
+    env: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,167 @@
+"""The `llmling` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from llmling.cli.target import resolve
+from llmling.ipc.client import Client, NotRunning
+
+Message = dict[str, Any]
+
+system_options = [
+    click.option("--name", "-n", help="system name (default: the only system running)"),
+    click.option("--socket", "socket_", envvar="LLMLING_SOCKET", help="control socket path"),
+]
+
+
+def with_system(function: Any) -> Any:
+    for option in reversed(system_options):
+        function = option(function)
+    return function
+
+
+def connect(name: str | None, socket_: str | None, timeout: float | None = None) -> Client:
+    path = resolve(name, socket_)
+    try:
+        return Client(path, timeout)
+    except NotRunning as exc:
+        raise click.ClickException(str(exc)) from None
+    except PermissionError:
+        raise click.ClickException(f"permission denied on {path}") from None
+
+
+def fail_on_error(reply: Message) -> Message:
+    if reply.get("t") == "error":
+        raise click.ClickException(str(reply.get("error")))
+    return reply
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmling")
+def main() -> None:
+    """llmling: LLM agents, one process each, driven from the command line."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--socket", "socket_", envvar="LLMLING_SOCKET", help="control socket path")
+@click.option("--log-level", default="INFO", show_default=True, help="loguru level for supervisor and agents")
+@click.option("--quiet", "-q", is_flag=True, help="no start-up progress")
+def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
+    """Run the system of CONFIG in the foreground until Ctrl+C or `llmling stop`."""
+    from llmling.cli.up import run_up
+
+    sys.exit(run_up(config, socket_, log_level, quiet))
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("text")
+@with_system
+@click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
+@click.option("--wait", is_flag=True, help="also wait for the downstream runs and print them")
+def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: bool, wait: bool) -> None:
+    """Send TEXT (or - for stdin) to AGENT and print the reply."""
+    if text == "-":
+        text = sys.stdin.read()
+    stream = not as_json
+    request = {"t": "send", "agent": agent, "prompt": text, "stream": stream, "wait": wait}
+    streamed = False
+    reply: Message = {}
+    try:
+        with connect(name, socket_) as client:
+            for reply in client.stream(request):
+                if reply.get("t") == "chunk":
+                    streamed = True
+                    click.echo(reply.get("text", ""), nl=False)
+    except ConnectionError as exc:
+        raise click.ClickException(f"lost the system: {exc}") from None
+    fail_on_error(reply)
+    if as_json:
+        out = {key: reply.get(key) for key in ("agent", "content", "id", "trace_id")}
+        if wait:
+            out["downstream"] = [
+                {key: item.get(key) for key in ("agent", "content", "id", "parent_id", "error") if key in item}
+                for item in reply.get("downstream", [])
+            ]
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo("" if streamed else reply.get("content", ""))
+    for item in reply.get("downstream", []):
+        text = item.get("content") if "error" not in item else f"error: {item['error']}"
+        click.echo(f"[{item.get('agent')}] {text}")
+
+
+@main.command()
+@with_system
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+def status(name: str | None, socket_: str | None, as_json: bool) -> None:
+    """Show the supervisor and one line per agent process."""
+    with connect(name, socket_) as client:
+        reply = fail_on_error(client.request({"t": "status"}))
+    if as_json:
+        out = {
+            "name": reply["name"],
+            "pid": reply["pid"],
+            "agents": [
+                {key: agent.get(key) for key in ("name", "pid", "state", "restarts")} for agent in reply["agents"]
+            ],
+        }
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"system {reply['name']}  supervisor pid {reply['pid']}  socket {reply['socket']}")
+    click.echo(f"{'AGENT':<20} {'PID':>8}  {'STATE':<11} {'RESTARTS':>8}")
+    for agent in reply["agents"]:
+        pid = agent["pid"] if agent["pid"] is not None else "-"
+        click.echo(f"{agent['name']:<20} {pid!s:>8}  {agent['state']:<11} {agent['restarts']:>8}")
+    for model in reply.get("models", []):
+        click.echo(f"{'model:' + model['name']:<20} {model['pid']!s:>8}  {model['api_base']}")
+
+
+@main.command()
+@with_system
+@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the system to end")
+def stop(name: str | None, socket_: str | None, timeout: float) -> None:
+    """Stop a running system gracefully and wait until it has ended."""
+    with connect(name, socket_, timeout) as client:
+        fail_on_error(client.request({"t": "stop"}))
+        try:
+            while True:
+                client.receive()  # nothing more is sent: this raises when the supervisor closes the socket
+        except TimeoutError:
+            raise click.ClickException(f"the system did not end within {timeout} s") from None
+        except ConnectionError:
+            click.echo("stopped")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(config: str) -> None:
+    """Check CONFIG; print the problems with file:line, exit 2 when there are any."""
+    from llmling.config import load_config
+    from llmling.errors import ConfigError
+
+    try:
+        system = load_config(config)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{config}: ok (system {system.name!r}, {len(system.agents)} agents)")
+
+
+@main.command()
+def schema() -> None:
+    """Print the config's JSON schema."""
+    from llmling.config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

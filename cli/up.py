@@ -1,0 +1,81 @@
+"""`llmling up`: load the config, run the supervisor in this process, show start-up progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+Message = dict[str, Any]
+
+
+class Progress:
+    """Prints agent state changes while the system starts, then only what needs attention."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.ready: set[str] = set()
+        self.started = time.perf_counter()
+        self.up = False
+
+    def __call__(self, event: Message) -> None:
+        kind = event.get("event")
+        if kind == "agent_state":
+            agent, state = event["agent"], event["state"]
+            if state == "ready":
+                self.ready.add(agent)
+                if not self.up:
+                    self._say(f"  {agent:<20} ready (pid {event.get('pid')})  [{len(self.ready)}/{self.total}]")
+                    return
+            if self.up and state in ("restarting", "failed"):
+                extra = f" in {event.get('delay')} s" if state == "restarting" else ""
+                self._say(f"  {agent:<20} {state}{extra}", force=True)
+            elif self.up and state == "ready":
+                self._say(f"  {agent:<20} ready again (pid {event.get('pid')})", force=True)
+        elif kind == "system_ready":
+            self.up = True
+            elapsed = time.perf_counter() - self.started
+            self._say(
+                f"system {event['name']!r} ready: {event['agents']} agents in {elapsed:.2f} s (Ctrl+C to stop)"
+            )
+        elif kind == "system_stopping":
+            self._say("stopping…", force=True)
+        elif kind == "max_hops":
+            self._say(f"  trace {event['trace_id']} stopped at {event['agent']}: max_hops reached", force=True)
+
+    def _say(self, text: str, force: bool = False) -> None:
+        if force or not self.quiet:
+            click.echo(text, err=True)
+
+
+def configure_logging(level: str) -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.configure(extra={"agent": "llmling"})
+    logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level: <7} [{extra[agent]}] {message}")
+
+
+def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
+    from llmling.config import load_config
+    from llmling.errors import ConfigError, StartupError
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    configure_logging(log_level)
+    from llmling.supervisor.serve import run
+
+    progress = Progress(len(config.agents), quiet)
+    progress._say(f"starting {config.name!r}: {', '.join(config.agents)}")
+    try:
+        run(config, socket=socket, on_event=progress, log_level=log_level)
+    except StartupError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    return 0

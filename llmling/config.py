@@ -1,0 +1,229 @@
+"""The config schema (pydantic v2) and its loader, which names `file:line` and the key path on errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmling.errors import ConfigError
+
+LOCAL_PREFIX = "local/"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    """Sampling settings passed to the model call as they are."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout: float | None = Field(None, gt=0, description="seconds for one model call")
+
+
+class AgentConfig(_Strict):
+    """One agent: an LLM (`model`) or a Python function (`callback`)."""
+
+    model: str | None = Field(
+        None, description="a litellm model string (`openai/gpt-4o-mini`), or `local/<name>` for the embedded model"
+    )
+    callback: str | None = Field(
+        None,
+        description="`module:function`, sync or async, called with the prompt, returns the reply; "
+        "the config file's folder is importable",
+    )
+    system_prompt: str | None = None
+    connections: list[str] = Field(default_factory=list, description="agents that receive this agent's replies")
+    model_settings: ModelSettings = Field(default_factory=ModelSettings)
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+
+    @field_validator("callback")
+    @classmethod
+    def _callback_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be an import path of the form 'module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> AgentConfig:
+        if (self.model is None) == (self.callback is None):
+            raise ValueError("set exactly one of 'model' or 'callback'")
+        return self
+
+    @property
+    def local_model(self) -> str | None:
+        """The embedded model's name when `model` is `local/<name>`."""
+        if self.model and self.model.startswith(LOCAL_PREFIX):
+            return self.model[len(LOCAL_PREFIX) :]
+        return None
+
+
+class SystemConfig(_Strict):
+    """A system of agents: what `llmling up` runs."""
+
+    name: str = Field(description="the system's name; default: the config file's name without suffix")
+    agents: dict[str, AgentConfig]
+    max_hops: int = Field(16, ge=1, description="a routed message chain ends after this many hops")
+    shutdown_timeout: float = Field(10.0, ge=0, description="seconds in-flight runs get to finish on shutdown")
+    # Where the config came from; not part of the file.
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_names(cls, value: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
+        if not value:
+            raise ValueError("at least one agent is required")
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+                raise ValueError(f"agent name {name!r} must be letters, digits, '_' or '-'")
+        return value
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    @property
+    def needs_llm(self) -> bool:
+        return any(agent.model is not None for agent in self.agents.values())
+
+    @property
+    def local_models(self) -> set[str]:
+        return {name for agent in self.agents.values() if (name := agent.local_model)}
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Loc = tuple[str | int, ...]
+
+
+class _Located:
+    """Maps key paths of a YAML document to their line numbers."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.lines: dict[Loc, int] = {}
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, loc: Loc) -> None:
+        self.lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*loc, key.value)
+                self.lines[child] = key.start_mark.line + 1
+                self._walk_value(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*loc, index))
+
+    def _walk_value(self, node: yaml.Node, loc: Loc) -> None:
+        line = self.lines[loc]
+        self._walk(node, loc)
+        self.lines[loc] = line  # a key's line is where the key stands
+
+    def line(self, loc: Loc) -> int:
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines.get(loc, 1)
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _interpolate(value: Any, loc: Loc, where: _Located, file: str) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None and (found or default is None):
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{file}:{where.line(loc)}: {_dotted(loc)}: environment variable {name} is not set "
+                f"(use ${{{name}:-default}} for a default)"
+            )
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {key: _interpolate(item, (*loc, key), where, file) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, (*loc, index), where, file) for index, item in enumerate(value)]
+    return value
+
+
+def _first_error(exc: ValidationError, where: _Located, file: str) -> ConfigError:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        message = message.removeprefix("Value error, ")
+        lines.append(f"{file}:{where.line(loc)}: {_dotted(loc)}: {message}")
+    return ConfigError("\n".join(lines))
+
+
+def parse_config(text: str, file: str = "<config>", default_name: str = "llmling") -> SystemConfig:
+    """Validate a YAML document. Raises ConfigError naming `file:line` and the key path."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{file}:{line}: invalid YAML: {problem}") from None
+    where = _Located(root)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}:1: the config must be a mapping with an 'agents' key")
+    data = _interpolate(data, (), where, file)
+    data.setdefault("name", default_name)
+    try:
+        config = SystemConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, where, file) from None
+    for agent_name, agent in config.agents.items():
+        for index, target in enumerate(agent.connections):
+            if target not in config.agents:
+                loc: Loc = ("agents", agent_name, "connections", index)
+                raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: unknown agent {target!r}")
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> SystemConfig:
+    """Read and validate a config file. Raises ConfigError (also for a missing or unreadable file)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from None
+    config = parse_config(text, str(file), default_name=file.stem)
+    config.source = file.resolve()
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    return SystemConfig.model_json_schema()
+
+
+__all__ = ["AgentConfig", "ModelSettings", "SystemConfig", "json_schema", "load_config", "parse_config"]

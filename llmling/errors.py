@@ -1,0 +1,28 @@
+"""Typed errors raised by library code. Only `llmling.cli` turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class LLMlingError(Exception):
+    """Base class of every error llmling raises on purpose."""
+
+
+class ConfigError(LLMlingError):
+    """A config file is invalid. The message names `file:line` and the key path."""
+
+
+class StartupError(LLMlingError):
+    """The system could not start (an agent failed its init, the socket is taken, ...)."""
+
+
+class AgentRunError(LLMlingError):
+    """An agent's run failed: its code raised, its model call failed or its process died mid-run."""
+
+    def __init__(self, agent: str, cause: str) -> None:
+        super().__init__(f"agent {agent!r} failed: {cause}")
+        self.agent = agent
+        self.cause = cause
+
+
+class UnknownAgentError(LLMlingError):
+    """A request named an agent the system does not have."""

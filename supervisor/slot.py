@@ -1,0 +1,222 @@
+"""One agent's place in the system: keeps its process alive, knows its connection, fails its runs on a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from llmling.agent_proc.spec import AgentSpec
+from llmling.errors import AgentRunError, StartupError
+from llmling.ipc.peer import OnChunk, Peer, PeerClosed
+from llmling.supervisor.exits import Child
+from llmling.supervisor.spawner import Spawner
+
+Message = dict[str, Any]
+OnEvent = Callable[[Message], None]
+
+BACKOFF_START = 0.25
+BACKOFF_MAX = 30.0
+# A process that stayed up this long has its backoff reset.
+STABLE_AFTER = 30.0
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TIMEOUT = 10.0
+
+
+class AgentSlot:
+    """Keeps one agent process alive: spawn, wait for READY, restart with exponential backoff.
+
+    `run()` is the slot's long-lived task (owned by the supervisor's TaskGroup); `started` resolves once the
+    first process is READY, or fails with StartupError. Runs in flight when the process dies fail with
+    AgentRunError; runs submitted while it restarts wait for the next READY.
+    """
+
+    def __init__(
+        self, name: str, make_spec: Callable[[str], AgentSpec], spawner: Spawner, on_event: OnEvent
+    ) -> None:
+        self.name = name
+        self._make_spec = make_spec
+        self._spawner = spawner
+        self._on_event = on_event
+        self.log = logger.bind(agent=name)
+        self.state = "stopped"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        # Invariant: set exactly while `peer` is an authenticated, READY connection of the current process.
+        self._ready = asyncio.Event()
+        self.peer: Peer | None = None
+        self._token: str | None = None
+        self._hello: asyncio.Future[Peer] | None = None
+        self._init_result: asyncio.Future[None] | None = None
+        self._child: Child | None = None
+        self._stopping = False
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def _set_state(self, state: str, **extra: Any) -> None:
+        self.state = state
+        self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": self.pid, **extra})
+
+    def status(self) -> Message:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "error": self.last_error,
+        }
+
+    # -- from the control socket ----------------------------------------------------------------------------
+    def authenticate(self, peer: Peer, token: str) -> bool:
+        """Bind `peer` to this slot if it presents the current process's token."""
+        if self._token is None or not secrets.compare_digest(token, self._token) or self._hello is None:
+            return False
+        if self._hello.done():
+            return False
+        peer.info = self
+        self._hello.set_result(peer)
+        return True
+
+    def on_agent_message(self, peer: Peer, message: Message) -> None:
+        kind = message.get("t")
+        if kind == "ready" and self._init_result is not None and not self._init_result.done():
+            self._init_result.set_result(None)
+        elif kind == "failed" and self._init_result is not None and not self._init_result.done():
+            self._init_result.set_exception(StartupError(f"agent {self.name!r}: {message.get('error')}"))
+        elif kind == "component":
+            self._on_event(
+                {
+                    "event": "component",
+                    "agent": self.name,
+                    "component": message.get("component"),
+                    "state": message.get("state"),
+                }
+            )
+        else:
+            self.log.warning("unexpected message {!r} from the agent process", kind)
+
+    # -- the slot's task ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = BACKOFF_START
+        while not self._stopping:
+            began = time.monotonic()
+            try:
+                await self._one_life()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = str(exc)
+                self.log.error("{}", exc)
+                if not self.started.done():
+                    self.started.set_exception(exc if isinstance(exc, StartupError) else StartupError(str(exc)))
+                    self._set_state("failed", error=str(exc))
+                    return
+            if self._stopping:
+                break
+            if time.monotonic() - began > STABLE_AFTER:
+                backoff = BACKOFF_START
+            self.restarts += 1
+            self._set_state("restarting", delay=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        self._set_state("stopped")
+
+    async def _one_life(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._token = secrets.token_urlsafe(24)
+        self._hello = loop.create_future()
+        self._init_result = loop.create_future()
+        self._set_state("starting")
+        child = self._child = Child(await self._spawner.spawn(self._make_spec(self._token)))
+        self.pid = child.pid
+        exited = child.exited
+        try:
+            peer = await _first(self._hello, exited, f"agent {self.name!r} exited before connecting")
+            self.peer = peer
+            await _first(self._init_result, exited, f"agent {self.name!r} exited during its init")
+            self._ready.set()
+            self._set_state("ready")
+            if not self.started.done():
+                self.started.set_result(None)
+            async with asyncio.TaskGroup() as group:
+                heartbeat = group.create_task(self._heartbeat(peer, child.pid))
+                code = await child.wait()
+                heartbeat.cancel()
+            if not self._stopping:
+                self.last_error = f"process exited with {_describe(code)}"
+                self.log.warning("process {} exited with {}", child.pid, _describe(code))
+        finally:
+            self._ready.clear()
+            self.peer = None
+            self._token = None
+            if child.alive:
+                await child.end(0.0, self.name)
+
+    async def _heartbeat(self, peer: Peer, pid: int | None) -> None:
+        """Ping the agent's own event loop; a loop blocked past the timeout gets its process killed."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await asyncio.wait_for(peer.request({"t": "ping"}), HEARTBEAT_TIMEOUT)
+            except TimeoutError:
+                self.log.error("no heartbeat for {} s; killing process {}", HEARTBEAT_TIMEOUT, pid)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return
+            except (PeerClosed, ConnectionError):
+                return
+
+    # -- runs -----------------------------------------------------------------------------------------------
+    async def submit(self, message: Message, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> Message:
+        """Send a run to the agent process and return its final reply. Raises AgentRunError."""
+        if not self._ready.is_set():
+            if self._stopping or self.state == "failed":
+                raise AgentRunError(self.name, "agent is stopped")
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait_ready)
+            except TimeoutError:
+                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s") from None
+        peer = self.peer
+        assert peer is not None
+        try:
+            reply = await peer.start_request(message, on_chunk)
+        except (PeerClosed, ConnectionError):
+            raise AgentRunError(self.name, "agent process died during the run") from None
+        if reply.get("t") == "error":
+            raise AgentRunError(self.name, str(reply.get("error")))
+        return reply
+
+    # -- stopping -------------------------------------------------------------------------------------------
+    async def stop(self, grace: float) -> None:
+        """Ask the process to exit, escalate after `grace`; the slot's task then ends."""
+        self._stopping = True
+        self._ready.clear()
+        if self.peer is not None:
+            self.peer.send({"t": "shutdown"})
+        if self._child is not None:
+            await self._child.end(grace, self.name)
+
+
+async def _first(wanted: asyncio.Future[Any], exited: asyncio.Future[Any], message: str) -> Any:
+    await asyncio.wait({wanted, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if wanted.done():
+        return wanted.result()
+    raise StartupError(f"{message} ({_describe(exited.result())})")
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"

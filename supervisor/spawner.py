@@ -1,0 +1,52 @@
+"""Start agent processes from a forkserver that preloaded what they need.
+
+The forkserver is a fresh interpreter started once per process (before the supervisor starts any thread);
+it imports uvloop, pydantic and, when the config has LLM agents, litellm, then forks one child per agent. A
+child is ready in milliseconds and shares the preloaded pages with its siblings.
+
+Processes are started with the standard library's forkserver context, not aiomultiprocess: its `Process`
+starts a Manager process that nothing stops when the supervisor is SIGKILLed, and that keeps the forkserver
+alive too (measured, see docs/ARCHITECTURE.md, "Why not aiomultiprocess").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.forkserver
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.process import BaseProcess
+
+from llmling.agent_proc.main import run as agent_entry
+from llmling.agent_proc.spec import AgentSpec
+
+
+class Spawner:
+    """Owns the forkserver preload list and starts agent processes.
+
+    `Process.start()` blocks until the forkserver has finished its preload; it runs on one worker thread so
+    the event loop keeps serving (progress, the model service) meanwhile. The forkserver itself is started
+    synchronously from the calling thread by `start()`, before that worker thread exists.
+    """
+
+    def __init__(self, preload: list[str]) -> None:
+        # "__main__" first: the forkserver imports the main script once, so children need not re-run it.
+        self.preload = ["__main__", *preload]
+        self._context = multiprocessing.get_context("forkserver")
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._context.set_forkserver_preload(self.preload)
+        multiprocessing.forkserver.ensure_running()
+
+    async def spawn(self, spec: AgentSpec) -> BaseProcess:
+        process = self._context.Process(target=agent_entry, args=(spec,), name=f"llmling-agent-{spec.name}")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmling-spawn")
+        await asyncio.get_running_loop().run_in_executor(self._executor, process.start)
+        return process
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,240 @@
+"""`Supervisor`: one running system. Owns the control socket, the forkserver, the slots and the services.
+
+Every long-lived task is owned by one root TaskGroup that lives in the supervisor's main task. `start()`
+returns once every agent is READY (or raises StartupError after tearing everything down); `stop()` drains
+in-flight runs up to the config's `shutdown_timeout`, stops the agents, then the model services, and removes
+the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from loguru import logger
+
+from llmling.agent_proc import preload
+from llmling.agent_proc.spec import AgentSpec
+from llmling.config import SystemConfig
+from llmling.errors import StartupError
+from llmling.ipc.paths import socket_path
+from llmling.ipc.peer import Peer
+from llmling.ipc.server import AlreadyRunning, UnixServer
+from llmling.supervisor.control import Control
+from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.router import Router
+from llmling.supervisor.slot import AgentSlot
+from llmling.supervisor.spawner import Spawner
+
+Message = dict[str, Any]
+OnEvent = Callable[[Message], None]
+# Seconds an agent gets to exit after `shutdown` before SIGTERM.
+AGENT_GRACE = 2.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: SystemConfig,
+        socket: str | os.PathLike[str] | None = None,
+        on_event: OnEvent | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.config = config
+        self.socket_path = socket_path(config.name, socket)
+        self._on_event = on_event or (lambda event: None)
+        self._log_level = log_level
+        self.log = logger.bind(agent="supervisor")
+        self._spawner = Spawner(preload.modules(config.needs_llm))
+        self._server = UnixServer(self.socket_path, self._on_message, on_close=self._on_peer_closed)
+        self.models = {name: ModelService(name) for name in sorted(config.local_models)}
+        self.slots = {
+            name: AgentSlot(name, self._spec_maker(name), self._spawner, self._emit) for name in config.agents
+        }
+        self.router = Router(
+            self.slots,
+            {name: list(agent.connections) for name, agent in config.agents.items()},
+            config.max_hops,
+            self._spawn_task,
+            self._emit,
+        )
+        self._control = Control(self.router, self.status, self.request_stop, self._spawn_task)
+        self._group: asyncio.TaskGroup | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._stop_requested = asyncio.Event()
+        self._force = asyncio.Event()
+        # Invariant: the request tasks of the root group that have not finished.
+        self._requests: set[asyncio.Task[Any]] = set()
+
+    # -- wiring ---------------------------------------------------------------------------------------------
+    def _emit(self, event: Message) -> None:
+        self._on_event(event)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a request (a client's send, a downstream run) as a task of the root group."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("the supervisor is not running")
+        task = self._group.create_task(coro)
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+        return task
+
+    def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
+        agent = self.config.agents[name]
+
+        def make(token: str) -> AgentSpec:
+            local = agent.local_model
+            return AgentSpec(
+                name=name,
+                config=agent.model_dump(),
+                socket_path=str(self.socket_path),
+                token=token,
+                base_dir=str(self.config.base_dir),
+                api_base=self.models[local].api_base if local else None,
+                log_level=self._log_level,
+            )
+
+        return make
+
+    def _on_message(self, peer: Peer, message: Message) -> None:
+        slot = peer.info
+        if isinstance(slot, AgentSlot):
+            slot.on_agent_message(peer, message)
+        elif message.get("t") == "hello" and message.get("role") == "agent":
+            slot = self.slots.get(str(message.get("agent")))
+            if slot is not None and slot.authenticate(peer, str(message.get("token", ""))):
+                peer.reply(message, {"t": "ok"})
+            else:
+                peer.reply(message, {"t": "error", "error": "authentication failed"})
+                peer.close()
+        else:
+            self._control.handle(peer, message)
+
+    def _on_peer_closed(self, peer: Peer, exc: Exception | None) -> None:
+        pass
+
+    def status(self) -> Message:
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "socket": str(self.socket_path),
+            "pending_runs": self.router.busy,
+            "agents": [slot.status() for slot in self.slots.values()],
+            "models": [
+                {
+                    "name": m.name,
+                    "pid": m.process.pid if m.process else None,
+                    "api_base": m.api_base,
+                    "restarts": m.restarts,
+                }
+                for m in self.models.values()
+            ],
+        }
+
+    # -- life -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start everything; return once every agent is READY. Raises StartupError (nothing is left running)."""
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._main = asyncio.create_task(self._run(), name=f"llmling-supervisor-{self.config.name}")
+        done, _ = await asyncio.wait({self._started, self._main}, return_when=asyncio.FIRST_COMPLETED)
+        if self._started in done and self._started.exception() is None:
+            return
+        error = self._started.exception() if self._started.done() else None
+        with contextlib.suppress(BaseException):
+            await self._main
+        raise error or StartupError("the supervisor ended during start-up")
+
+    def request_stop(self, force: bool = False) -> None:
+        """Begin shutdown (from a signal handler or a `stop` request); `force` skips the drain."""
+        if force:
+            self._force.set()
+        self._stop_requested.set()
+
+    async def wait_stopped(self) -> None:
+        if self._main is not None:
+            await asyncio.shield(self._main)
+
+    async def stop(self, force: bool = False) -> None:
+        self.request_stop(force)
+        await self.wait_stopped()
+
+    async def _run(self) -> None:
+        assert self._started is not None
+        self._spawner.start()  # before any thread: the spawner's worker thread comes later
+        try:
+            await self._server.start()
+        except AlreadyRunning as exc:
+            self._started.set_exception(StartupError(str(exc)))
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                try:
+                    await self._start_all(group)
+                except StartupError as exc:
+                    self._started.set_exception(exc)
+                    await self._shutdown(drain=False)
+                    return
+                self._started.set_result(None)
+                self._emit({"event": "system_ready", "name": self.config.name, "agents": len(self.slots)})
+                await self._stop_requested.wait()
+                await self._shutdown(drain=not self._force.is_set())
+        finally:
+            self._group = None
+            await self._server.close()
+            self._spawner.close()
+            self._emit({"event": "system_stopped", "name": self.config.name})
+
+    async def _start_all(self, group: asyncio.TaskGroup) -> None:
+        model_starts = [group.create_task(model.start()) for model in self.models.values()]
+        for slot in self.slots.values():
+            group.create_task(slot.run(), name=f"slot-{slot.name}")
+        waits = [*model_starts, *(slot.started for slot in self.slots.values())]
+        stop_wait = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            gathered = asyncio.gather(*waits)
+            done, _ = await asyncio.wait({gathered, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if stop_wait in done:
+                gathered.cancel()
+                with contextlib.suppress(BaseException):
+                    await gathered
+                raise StartupError("start-up interrupted")
+            gathered.result()
+        finally:
+            stop_wait.cancel()
+        for model in self.models.values():
+            group.create_task(model.supervise(), name=f"model-{model.name}")
+
+    async def _shutdown(self, drain: bool) -> None:
+        self.log.info("shutting down{}", "" if drain else " (no drain)")
+        self._emit({"event": "system_stopping", "name": self.config.name})
+        self.router.accepting = False
+        self._server.stop_listening()
+        if drain and self.router.busy:
+            drained = asyncio.ensure_future(self.router.drain(self.config.shutdown_timeout))
+            forced = asyncio.ensure_future(self._force.wait())
+            await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            forced.cancel()
+        await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
+        await asyncio.gather(*(model.stop() for model in self.models.values()))
+        # Whatever request is still running (client sends, downstream runs) ends now.
+        for task in list(self._requests):
+            task.cancel()
+
+    # -- context manager ------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(force=exc[0] is not None)
+
+
+__all__ = ["Supervisor"]
