@@ -1,31 +1,38 @@
-"""The control socket's client side of the protocol: `send`, `status`, `stop`, `ping`.
+"""The control socket's client side of the protocol.
 
-Each request is answered with one final frame carrying `re` (its id): `result`, `status`, `ok` or `error`.
-A streaming `send` is preceded by `chunk` frames. Bad requests get an `error` naming the field.
+A request is a frame with `t` and `id`; it is answered with one final frame carrying `re`: `result`,
+`status`, `ok` or `error`, possibly preceded by `chunk` frames. Handlers are registered by request type, so
+each capability (sends, triggers, background runs, ...) owns its own requests. Bad requests get an `error`
+naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from llmling.errors import AgentRunError, UnknownAgentError
+from llmling.errors import AgentRunError, LLMlingError
 from llmling.ipc.peer import Peer
 from llmling.supervisor.router import Router
 
 Message = dict[str, Any]
+# A handler answers with peer.reply(...) itself, now or later (from a task it starts).
+Handler = Callable[[Peer, Message], None]
 
 
-class BadRequest(Exception):
-    pass
+class BadRequest(LLMlingError):
+    """A client request is malformed; the message names the field."""
 
 
-def _field(message: Message, name: str, kind: type) -> Any:
+def field(message: Message, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """The value of `name` in `message`, checked against `kind`. Raises BadRequest naming the field."""
+    if name not in message and default is not ...:
+        return default
     value = message.get(name)
-    if not isinstance(value, kind):
-        expected = "a string" if kind is str else kind.__name__
-        raise BadRequest(f"field {name!r} must be {expected}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BadRequest(f"field {name!r} must be of type {names}")
     return value
 
 
@@ -35,39 +42,48 @@ class Control:
         router: Router,
         status: Callable[[], Message],
         request_stop: Callable[[], None],
-        spawn_task: Callable[..., asyncio.Task[Any]],
+        spawn_task: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
     ) -> None:
         self._router = router
         self._status = status
         self._request_stop = request_stop
         self._spawn_task = spawn_task
+        self._handlers: dict[str, Handler] = {}
+        self.register("send", self._send)
+        self.register("status", lambda peer, message: peer.reply(message, {"t": "status", **self._status()}))
+        self.register("stop", self._stop)
+        self.register("ping", lambda peer, message: peer.reply(message, {"t": "pong"}))
+
+    def register(self, kind: str, handler: Handler) -> None:
+        if kind in self._handlers:
+            raise ValueError(f"request type {kind!r} is already handled")
+        self._handlers[kind] = handler
 
     def handle(self, peer: Peer, message: Message) -> None:
-        if "id" not in message:
-            peer.send({"t": "error", "error": "field 'id' is required"})
+        if not isinstance(message.get("id"), str):
+            peer.send({"t": "error", "error": "field 'id' must be of type str"})
             return
-        kind = message.get("t")
+        handler = self._handlers.get(message.get("t"))  # type: ignore[arg-type]
         try:
-            if kind == "send":
-                agent = _field(message, "agent", str)
-                prompt = _field(message, "prompt", str)
-                if not self._router.accepting:
-                    raise BadRequest("the system is shutting down")
-                self._router.slot(agent)
-                self._spawn_task(self._send(peer, message, agent, prompt))
-            elif kind == "status":
-                peer.reply(message, {"t": "status", **self._status()})
-            elif kind == "stop":
-                peer.reply(message, {"t": "ok"})
-                self._request_stop()
-            elif kind == "ping":
-                peer.reply(message, {"t": "pong"})
-            else:
-                raise BadRequest(f"field 't': unknown request type {kind!r}")
-        except (BadRequest, UnknownAgentError) as exc:
+            if handler is None:
+                raise BadRequest(f"field 't': unknown request type {message.get('t')!r}")
+            handler(peer, message)
+        except LLMlingError as exc:
             peer.reply(message, {"t": "error", "error": str(exc)})
 
-    async def _send(self, peer: Peer, message: Message, agent: str, prompt: str) -> None:
+    def _stop(self, peer: Peer, message: Message) -> None:
+        peer.reply(message, {"t": "ok"})
+        self._request_stop()
+
+    def _send(self, peer: Peer, message: Message) -> None:
+        agent = field(message, "agent", str)
+        prompt = field(message, "prompt", str)
+        if not self._router.accepting:
+            raise BadRequest("the system is shutting down")
+        self._router.slot(agent)
+        self._spawn_task(self._run_send(peer, message, agent, prompt))
+
+    async def _run_send(self, peer: Peer, message: Message, agent: str, prompt: str) -> None:
         on_chunk = None
         if message.get("stream"):
 

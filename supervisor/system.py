@@ -26,6 +26,7 @@ from llmling.ipc.server import AlreadyRunning, UnixServer
 from llmling.supervisor.control import Control
 from llmling.supervisor.model_service import ModelService
 from llmling.supervisor.router import Router
+from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot
 from llmling.supervisor.spawner import Spawner
 
@@ -45,7 +46,8 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.socket_path = socket_path(config.name, socket)
-        self._on_event = on_event or (lambda event: None)
+        # Invariant: every listener is called synchronously, in order, for every event; none may raise.
+        self._listeners: list[OnEvent] = [on_event] if on_event else []
         self._log_level = log_level
         self.log = logger.bind(agent="supervisor")
         self._spawner = Spawner(preload.modules(config.needs_llm))
@@ -61,7 +63,10 @@ class Supervisor:
             self._spawn_task,
             self._emit,
         )
-        self._control = Control(self.router, self.status, self.request_stop, self._spawn_task)
+        self.control = Control(self.router, self.status, self.request_stop, self._spawn_task)
+        # Started after every agent is READY, stopped (in reverse order) before the drain. A service owns
+        # its long-lived tasks through `spawn_service_task`.
+        self.services: list[Service] = []
         self._group: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -71,8 +76,23 @@ class Supervisor:
         self._requests: set[asyncio.Task[Any]] = set()
 
     # -- wiring ---------------------------------------------------------------------------------------------
+    def add_listener(self, listener: OnEvent) -> None:
+        """Receive every event (agent state changes, finished runs, ...) as a dict with an `event` key."""
+        self._listeners.append(listener)
+
     def _emit(self, event: Message) -> None:
-        self._on_event(event)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                self.log.exception("event listener failed")
+
+    def spawn_service_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run a service's long-lived task in the root group; the service's `stop()` must end it."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("the supervisor is not running")
+        return self._group.create_task(coro, name=name)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a request (a client's send, a downstream run) as a task of the root group."""
@@ -113,7 +133,7 @@ class Supervisor:
                 peer.reply(message, {"t": "error", "error": "authentication failed"})
                 peer.close()
         else:
-            self._control.handle(peer, message)
+            self.control.handle(peer, message)
 
     def _on_peer_closed(self, peer: Peer, exc: Exception | None) -> None:
         pass
@@ -210,10 +230,17 @@ class Supervisor:
             stop_wait.cancel()
         for model in self.models.values():
             group.create_task(model.supervise(), name=f"model-{model.name}")
+        for service in self.services:
+            await service.start()
 
     async def _shutdown(self, drain: bool) -> None:
         self.log.info("shutting down{}", "" if drain else " (no drain)")
         self._emit({"event": "system_stopping", "name": self.config.name})
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                self.log.exception("service {} failed to stop", service.name)
         self.router.accepting = False
         self._server.stop_listening()
         if drain and self.router.busy:
