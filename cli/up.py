@@ -30,6 +30,9 @@ class Progress:
                 if not self.up:
                     self._say(f"  {agent:<20} ready (pid {event.get('pid')})  [{len(self.ready)}/{self.total}]")
                     return
+            if state == "failed" and not self.up:
+                self._say(f"  {agent:<20} failed: {event.get('error')}", force=True)
+                return
             if self.up and state in ("restarting", "failed"):
                 extra = f" in {event.get('delay')} s" if state == "restarting" else ""
                 self._say(f"  {agent:<20} {state}{extra}", force=True)
@@ -38,8 +41,12 @@ class Progress:
         elif kind == "system_ready":
             self.up = True
             elapsed = time.perf_counter() - self.started
+            failed = event.get("failed") or []
+            note = f", {len(failed)} failed ({', '.join(failed)})" if failed else ""
             self._say(
-                f"system {event['name']!r} ready: {event['agents']} agents in {elapsed:.2f} s (Ctrl+C to stop)"
+                f"system {event['name']!r} ready: {event['agents'] - len(failed)} of {event['agents']} agents"
+                f"{note} in {elapsed:.2f} s (Ctrl+C to stop)",
+                force=bool(failed),
             )
         elif kind == "system_stopping":
             self._say("stopping…", force=True)

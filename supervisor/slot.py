@@ -34,7 +34,8 @@ class AgentSlot:
     """Keeps one agent process alive: spawn, wait for READY, restart with exponential backoff.
 
     `run()` is the slot's long-lived task (owned by the supervisor's TaskGroup); `started` resolves once the
-    first process is READY, or fails with StartupError. Runs in flight when the process dies fail with
+    first process is READY or its start failed (then `state` is "failed" and `last_error` says why, and the
+    slot keeps retrying with backoff). Runs in flight when the process dies fail with
     AgentRunError; runs submitted while it restarts wait for the next READY.
     """
 
@@ -90,7 +91,7 @@ class AgentSlot:
         if kind == "ready" and self._init_result is not None and not self._init_result.done():
             self._init_result.set_result(None)
         elif kind == "failed" and self._init_result is not None and not self._init_result.done():
-            self._init_result.set_exception(StartupError(f"agent {self.name!r}: {message.get('error')}"))
+            self._init_result.set_exception(StartupError(str(message.get("error"))))
         elif kind == "component":
             self._on_event(
                 {
@@ -108,23 +109,25 @@ class AgentSlot:
         backoff = BACKOFF_START
         while not self._stopping:
             began = time.monotonic()
+            failed = False
             try:
                 await self._one_life()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failed = True
                 self.last_error = str(exc)
                 self.log.error("{}", exc)
-                if not self.started.done():
-                    self.started.set_exception(exc if isinstance(exc, StartupError) else StartupError(str(exc)))
-                    self._set_state("failed", error=str(exc))
-                    return
+                self._set_state("failed", error=str(exc))
+            if not self.started.done():
+                self.started.set_result(None)  # the first attempt has an outcome; `state` says which
             if self._stopping:
                 break
             if time.monotonic() - began > STABLE_AFTER:
                 backoff = BACKOFF_START
             self.restarts += 1
-            self._set_state("restarting", delay=backoff)
+            if not failed:
+                self._set_state("restarting", delay=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
         self._set_state("stopped")
@@ -139,9 +142,9 @@ class AgentSlot:
         self.pid = child.pid
         exited = child.exited
         try:
-            peer = await _first(self._hello, exited, f"agent {self.name!r} exited before connecting")
+            peer = await _first(self._hello, exited, "exited before connecting")
             self.peer = peer
-            await _first(self._init_result, exited, f"agent {self.name!r} exited during its init")
+            await _first(self._init_result, exited, "exited during its init")
             self._ready.set()
             self._set_state("ready")
             if not self.started.done():
@@ -179,8 +182,10 @@ class AgentSlot:
     async def submit(self, message: Message, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> Message:
         """Send a run to the agent process and return its final reply. Raises AgentRunError."""
         if not self._ready.is_set():
-            if self._stopping or self.state == "failed":
+            if self._stopping:
                 raise AgentRunError(self.name, "agent is stopped")
+            if self.state == "failed":
+                raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
             try:
                 await asyncio.wait_for(self._ready.wait(), wait_ready)
             except TimeoutError:

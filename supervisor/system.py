@@ -43,8 +43,12 @@ class Supervisor:
         socket: str | os.PathLike[str] | None = None,
         on_event: OnEvent | None = None,
         log_level: str = "INFO",
+        require_all: bool = False,
     ) -> None:
         self.config = config
+        # With require_all, one agent failing its start fails the system's start; without it, the system
+        # starts when at least one agent is READY and the failed ones keep retrying with backoff.
+        self._require_all = require_all
         self.socket_path = socket_path(config.name, socket)
         # Invariant: every listener is called synchronously, in order, for every event; none may raise.
         self._listeners: list[OnEvent] = [on_event] if on_event else []
@@ -202,7 +206,14 @@ class Supervisor:
                     await self._shutdown(drain=False)
                     return
                 self._started.set_result(None)
-                self._emit({"event": "system_ready", "name": self.config.name, "agents": len(self.slots)})
+                self._emit(
+                    {
+                        "event": "system_ready",
+                        "name": self.config.name,
+                        "agents": len(self.slots),
+                        "failed": [slot.name for slot in self.slots.values() if slot.state == "failed"],
+                    }
+                )
                 await self._stop_requested.wait()
                 await self._shutdown(drain=not self._force.is_set())
         finally:
@@ -228,6 +239,9 @@ class Supervisor:
             gathered.result()
         finally:
             stop_wait.cancel()
+        failed = [slot for slot in self.slots.values() if slot.state == "failed"]
+        if failed and (self._require_all or len(failed) == len(self.slots)):
+            raise StartupError("; ".join(f"agent {slot.name!r}: {slot.last_error}" for slot in failed))
         for model in self.models.values():
             group.create_task(model.supervise(), name=f"model-{model.name}")
         for service in self.services:
