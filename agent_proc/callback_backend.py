@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from llmling.agent_proc.reply import OnText, Reply
-
-
-def import_path(path: str, base_dir: str) -> Callable[..., Any]:
-    """Resolve `module:attr` with `base_dir` importable. Raises ImportError/AttributeError naming the path."""
-    if base_dir not in sys.path:
-        sys.path.insert(0, base_dir)
-    module_name, _, attr = path.partition(":")
-    module = importlib.import_module(module_name)
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{path} is not callable")
-    return target
+from llmling.importing import import_path
 
 
 class CallbackBackend:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,64 @@ class ModelSettings(_Strict):
     timeout: float | None = Field(None, gt=0, description="seconds for one model call")
 
 
+class WordMatch(_Strict):
+    """True when the message contains any (or all) of `words`."""
+
+    type: Literal["word_match"] = "word_match"
+    words: list[str] = Field(min_length=1)
+    case_sensitive: bool = False
+    mode: Literal["any", "all"] = "any"
+
+
+class CallableCondition(_Strict):
+    """True when `module:function(message)` returns true (the function gets the message's content)."""
+
+    type: Literal["callable"] = "callable"
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _import_path(value)
+
+
+Condition = Annotated[WordMatch | CallableCondition, Field(discriminator="type")]
+
+
+def _import_path(value: str) -> str:
+    if not re.fullmatch(r"[\w.]+:[\w.]+", value):
+        raise ValueError("must be an import path of the form 'module:function'")
+    return value
+
+
+def _condition(value: Any) -> Any:
+    return {"type": "callable", "path": value} if isinstance(value, str) else value
+
+
+class ConnectionConfig(_Strict):
+    """Where an agent's replies go. The short form is the target's name alone."""
+
+    name: str = Field(description="the target agent")
+    wait_for_completion: bool = Field(
+        False, description="`run()` waits for this connection's downstream runs unless told otherwise"
+    )
+    filter: Condition | None = Field(None, description="forward only messages that match")
+    transform: str | None = Field(None, description="`module:function` rewriting the content before forwarding")
+    stop_condition: Condition | None = Field(
+        None, description="a matching message is not forwarded and ends this connection"
+    )
+
+    @field_validator("filter", "stop_condition", mode="before")
+    @classmethod
+    def _short_condition(cls, value: Any) -> Any:
+        return _condition(value)
+
+    @field_validator("transform")
+    @classmethod
+    def _transform(cls, value: str | None) -> str | None:
+        return None if value is None else _import_path(value)
+
+
 class AgentConfig(_Strict):
     """One agent: an LLM (`model`) or a Python function (`callback`)."""
 
@@ -42,7 +100,10 @@ class AgentConfig(_Strict):
         "the config file's folder is importable",
     )
     system_prompt: str | None = None
-    connections: list[str] = Field(default_factory=list, description="agents that receive this agent's replies")
+    connections: list[ConnectionConfig] = Field(
+        default_factory=list, description="agents that receive this agent's replies: names or mappings"
+    )
+    parallel_init: bool = Field(True, description="initialise the agent's components concurrently")
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
     api_base: str | None = None
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
@@ -50,8 +111,13 @@ class AgentConfig(_Strict):
     @field_validator("callback")
     @classmethod
     def _callback_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
-            raise ValueError("must be an import path of the form 'module:function'")
+        return None if value is None else _import_path(value)
+
+    @field_validator("connections", mode="before")
+    @classmethod
+    def _short_connections(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
     @model_validator(mode="after")
@@ -203,7 +269,8 @@ def parse_config(text: str, file: str = "<config>", default_name: str = "llmling
     except ValidationError as exc:
         raise _first_error(exc, where, file) from None
     for agent_name, agent in config.agents.items():
-        for index, target in enumerate(agent.connections):
+        for index, connection in enumerate(agent.connections):
+            target = connection.name
             if target not in config.agents:
                 loc: Loc = ("agents", agent_name, "connections", index)
                 raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: unknown agent {target!r}")

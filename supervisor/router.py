@@ -1,8 +1,9 @@
-"""Hub routing: a run goes to its agent's process; its reply goes back to the caller and on to each
-connected agent as a new run of the same trace.
+"""Hub routing: a run goes to its agent's process; its reply goes back to the caller and on, through each
+active route of that agent, to the route's target as a new run of the same trace.
 
-A trace is the tree of runs that one message started. The router counts the runs of each trace that are
-still pending, so a caller can wait for the whole downstream tree (`wait=True`).
+A trace is the tree of runs that one message started. The router counts each trace's pending runs, so a
+caller can wait for the whole downstream tree, and each agent's pending downstream runs, so
+`complete_tasks()` can wait for the runs not awaited by anyone.
 """
 
 from __future__ import annotations
@@ -10,24 +11,40 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.peer import OnChunk, new_id
+from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
 
 
+@dataclass(eq=False)
+class Route:
+    """`source >> target`, from YAML `connections:` or from Python; both behave the same."""
+
+    source: str
+    target: str
+    wait_for_completion: bool = False
+    filter: Predicate | None = None
+    transform: Transform | None = None
+    stop_condition: Predicate | None = None
+    # Invariant: an inactive route is no longer in its router (disconnected, or its stop condition matched).
+    active: bool = field(default=True, init=False)
+
+
 class Trace:
     __slots__ = ("done", "id", "pending", "results")
 
-    def __init__(self, trace_id: str) -> None:
-        self.id = trace_id
+    def __init__(self, trace_id: str | None = None) -> None:
+        self.id = trace_id or uuid.uuid4().hex
         # Invariant: the number of runs of this trace started and not finished; `done` is set when it is 0.
         self.pending = 0
         self.done = asyncio.Event()
@@ -39,36 +56,84 @@ class Router:
     def __init__(
         self,
         slots: dict[str, AgentSlot],
-        connections: dict[str, list[str]],
         max_hops: int,
-        spawn_task: Callable[..., asyncio.Task[Any]],
+        spawn_task: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         on_event: OnEvent,
     ) -> None:
         self._slots = slots
-        self.connections = connections
         self._max_hops = max_hops
         self._spawn_task = spawn_task
         self._on_event = on_event
+        self._routes: dict[str, list[Route]] = {name: [] for name in slots}
         self._traces: dict[str, Trace] = {}
+        # Invariant: per agent, the downstream run tasks targeting it that have not finished.
+        self._pending: dict[str, set[asyncio.Task[Any]]] = {name: set() for name in slots}
         self.accepting = True
 
+    # -- routes ---------------------------------------------------------------------------------------------
     def slot(self, agent: str) -> AgentSlot:
         slot = self._slots.get(agent)
         if slot is None:
             raise UnknownAgentError(f"unknown agent {agent!r}")
         return slot
 
+    def connect(self, route: Route) -> Route:
+        self.slot(route.source)
+        self.slot(route.target)
+        self._routes[route.source].append(route)
+        return route
+
+    def disconnect(self, route: Route) -> None:
+        route.active = False
+        routes = self._routes.get(route.source, [])
+        if route in routes:
+            routes.remove(route)
+
+    def routes(self, agent: str) -> list[Route]:
+        return list(self._routes.get(agent, ()))
+
+    def waits_by_default(self, agent: str) -> bool:
+        """Whether `run()` on `agent` waits for its downstream tree when the caller does not say."""
+        return any(route.wait_for_completion for route in self._routes.get(agent, ()))
+
+    # -- runs -----------------------------------------------------------------------------------------------
     @property
     def busy(self) -> int:
         return sum(trace.pending for trace in self._traces.values())
 
-    async def send(self, agent: str, prompt: str, on_chunk: OnChunk | None = None) -> tuple[Message, Trace]:
-        """Start a new trace with a run of `agent`. Returns the agent's result and the trace to wait on."""
+    async def send(
+        self,
+        agent: str,
+        prompt: str,
+        on_chunk: OnChunk | None = None,
+        trace: Trace | None = None,
+        run_id: str | None = None,
+    ) -> tuple[Message, Trace]:
+        """Run `agent` as the root of a trace (a new one unless given); return its result and the trace.
+
+        Raises UnknownAgentError or AgentRunError. Give `trace`/`run_id` to know the ids before the run ends.
+        """
         slot = self.slot(agent)
-        trace = Trace(uuid.uuid4().hex)
-        self._traces[trace.id] = trace
-        result = await self._run(slot, prompt, trace, parent_id=None, hops=0, on_chunk=on_chunk)
+        trace = trace or Trace()
+        result = await self._run(slot, prompt, trace, None, 0, on_chunk, run_id or new_id())
         return result, trace
+
+    async def complete_tasks(self, agent: str) -> None:
+        """Wait until no downstream run targeting `agent` is pending (including ones started meanwhile)."""
+        self.slot(agent)
+        pending = self._pending[agent]
+        while pending:
+            await asyncio.wait(set(pending))
+
+    def _begin(self, trace: Trace) -> None:
+        trace.pending += 1
+        self._traces[trace.id] = trace
+
+    def _end(self, trace: Trace) -> None:
+        trace.pending -= 1
+        if trace.pending == 0:
+            trace.done.set()
+            self._traces.pop(trace.id, None)
 
     async def _run(
         self,
@@ -78,9 +143,9 @@ class Router:
         parent_id: str | None,
         hops: int,
         on_chunk: OnChunk | None,
+        run_id: str,
     ) -> Message:
-        trace.pending += 1
-        run_id = new_id()
+        self._begin(trace)
         message = {
             "t": "run",
             "id": run_id,
@@ -91,6 +156,7 @@ class Router:
             "stream": on_chunk is not None,
         }
         started = time.perf_counter()
+        self._on_event({"event": "run_started", "agent": slot.name, "id": run_id, "trace_id": trace.id})
         try:
             reply = await slot.submit(message, on_chunk)
             result = {
@@ -103,52 +169,76 @@ class Router:
                 "elapsed": reply.get("elapsed"),
                 "hops": hops,
             }
-            self._on_event({"event": "run_finished", **result, "elapsed_total": time.perf_counter() - started})
-            self._forward(slot.name, result, trace, hops)
+            self._on_event(
+                {
+                    "event": "run_finished",
+                    **result,
+                    "prompt": prompt,
+                    "elapsed_total": time.perf_counter() - started,
+                }
+            )
+            self._forward(result, trace, hops)
             return result
+        except AgentRunError as exc:
+            self._on_event(
+                {"event": "run_failed", "agent": slot.name, "id": run_id, "trace_id": trace.id, "error": exc.cause}
+            )
+            raise
         finally:
-            trace.pending -= 1
-            if trace.pending == 0:
-                trace.done.set()
-                self._traces.pop(trace.id, None)
+            self._end(trace)
 
-    def _forward(self, agent: str, result: Message, trace: Trace, hops: int) -> None:
-        targets = self.connections.get(agent, ())
-        if not targets:
+    def _forward(self, result: Message, trace: Trace, hops: int) -> None:
+        routes = self._routes.get(result["agent"])
+        if not routes:
             return
         if hops + 1 > self._max_hops:
-            logger.bind(agent=agent).warning(
-                "trace {} reached max_hops={}; not forwarding to {}", trace.id, self._max_hops, list(targets)
+            logger.bind(agent=result["agent"]).warning(
+                "trace {} reached max_hops={}; not forwarding", trace.id, self._max_hops
             )
-            self._on_event({"event": "max_hops", "agent": agent, "trace_id": trace.id, "hops": hops})
+            self._on_event({"event": "max_hops", "agent": result["agent"], "trace_id": trace.id, "hops": hops})
             return
-        for target in targets:
+        for route in list(routes):
             # Counted now, before the task runs, so the trace cannot look finished in between.
-            trace.pending += 1
-            self._spawn_task(self._downstream(target, result, trace, hops + 1))
+            self._begin(trace)
+            task = self._spawn_task(self._downstream(route, result, trace, hops + 1))
+            pending = self._pending[route.target]
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
-    async def _downstream(self, target: str, parent: Message, trace: Trace, hops: int) -> None:
+    async def _downstream(self, route: Route, parent: Message, trace: Trace, hops: int) -> None:
         try:
-            result = await self._run(self.slot(target), parent["content"], trace, parent["id"], hops, None)
+            content = parent["content"]
+            if route.stop_condition is not None and await route.stop_condition(content):
+                self.disconnect(route)
+                self._on_event({"event": "connection_stopped", "source": route.source, "target": route.target})
+                return
+            if route.filter is not None and not await route.filter(content):
+                return
+            if route.transform is not None:
+                content = await route.transform(content)
+            result = await self._run(self.slot(route.target), content, trace, parent["id"], hops, None, new_id())
             trace.results.append(result)
+        except asyncio.CancelledError:
+            raise
         except AgentRunError as exc:
-            logger.bind(agent=target).warning("downstream run failed: {}", exc.cause)
-            trace.results.append({"agent": target, "error": exc.cause, "parent_id": parent["id"]})
+            logger.bind(agent=route.target).warning("downstream run failed: {}", exc.cause)
+            trace.results.append({"agent": route.target, "error": exc.cause, "parent_id": parent["id"]})
+        except Exception as exc:
+            logger.bind(agent=route.target).opt(exception=exc).warning(
+                "connection {} >> {} failed", route.source, route.target
+            )
+            trace.results.append(
+                {"agent": route.target, "error": f"{type(exc).__name__}: {exc}", "parent_id": parent["id"]}
+            )
         finally:
-            trace.pending -= 1
-            if trace.pending == 0:
-                trace.done.set()
-                self._traces.pop(trace.id, None)
+            self._end(trace)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for every pending run; True when all finished."""
-        deadline = time.monotonic() + timeout
-        for trace in list(self._traces.values()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(trace.done.wait(), remaining)
-            except TimeoutError:
-                return False
-        return not self._traces
+        try:
+            async with asyncio.timeout(timeout):
+                while self._traces:
+                    await next(iter(self._traces.values())).done.wait()
+        except TimeoutError:
+            return False
+        return True

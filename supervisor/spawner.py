@@ -20,6 +20,22 @@ from multiprocessing.process import BaseProcess
 from llmling.agent_proc.main import run as agent_entry
 from llmling.agent_proc.spec import AgentSpec
 
+# The forkserver is one per process (the standard library's), shared by every system in it.
+# Invariant: _users counts the started, not yet closed Spawners; _preloaded is what the running forkserver
+# imported (None when none runs).
+_users = 0
+_preloaded: list[str] | None = None
+
+
+def _forkserver_running() -> bool:
+    return multiprocessing.forkserver._forkserver._forkserver_pid is not None
+
+
+def _stop_forkserver() -> None:
+    global _preloaded
+    multiprocessing.forkserver._forkserver._stop()
+    _preloaded = None
+
 
 class Spawner:
     """Owns the forkserver preload list and starts agent processes.
@@ -34,10 +50,21 @@ class Spawner:
         self.preload = ["__main__", *preload]
         self._context = multiprocessing.get_context("forkserver")
         self._executor: ThreadPoolExecutor | None = None
+        self._started = False
 
     def start(self) -> None:
-        self._context.set_forkserver_preload(self.preload)
+        """Make sure a forkserver with (at least) our preload runs. A running one that lacks modules we need
+        is replaced when no other system uses it; otherwise our agents import what is missing themselves."""
+        global _users, _preloaded
+        lacking = _preloaded is not None and not set(self.preload) <= set(_preloaded)
+        if lacking and _users == 0 and _forkserver_running():
+            _stop_forkserver()
+        if not _forkserver_running():
+            self._context.set_forkserver_preload(self.preload)
+            _preloaded = list(self.preload)
         multiprocessing.forkserver.ensure_running()
+        _users += 1
+        self._started = True
 
     async def spawn(self, spec: AgentSpec) -> BaseProcess:
         process = self._context.Process(target=agent_entry, args=(spec,), name=f"llmling-agent-{spec.name}")
@@ -47,6 +74,13 @@ class Spawner:
         return process
 
     def close(self) -> None:
+        """Release the forkserver; the last user stops it, so a finished system leaves no process behind."""
+        global _users
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self._started:
+            self._started = False
+            _users -= 1
+            if _users == 0 and _forkserver_running():
+                _stop_forkserver()

@@ -26,6 +26,7 @@ from llmling.ipc.server import AlreadyRunning, UnixServer
 from llmling.supervisor.control import Control
 from llmling.supervisor.model_service import ModelService
 from llmling.supervisor.router import Router
+from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot
 from llmling.supervisor.spawner import Spawner
@@ -44,11 +45,14 @@ class Supervisor:
         on_event: OnEvent | None = None,
         log_level: str = "INFO",
         require_all: bool = False,
+        parallel_load: bool = True,
     ) -> None:
         self.config = config
         # With require_all, one agent failing its start fails the system's start; without it, the system
         # starts when at least one agent is READY and the failed ones keep retrying with backoff.
         self._require_all = require_all
+        # Agents start concurrently; with parallel_load=False each waits for the previous one's outcome.
+        self._parallel_load = parallel_load
         self.socket_path = socket_path(config.name, socket)
         # Invariant: every listener is called synchronously, in order, for every event; none may raise.
         self._listeners: list[OnEvent] = [on_event] if on_event else []
@@ -60,13 +64,10 @@ class Supervisor:
         self.slots = {
             name: AgentSlot(name, self._spec_maker(name), self._spawner, self._emit) for name in config.agents
         }
-        self.router = Router(
-            self.slots,
-            {name: list(agent.connections) for name, agent in config.agents.items()},
-            config.max_hops,
-            self._spawn_task,
-            self._emit,
-        )
+        self.router = Router(self.slots, config.max_hops, self._spawn_task, self._emit)
+        for name, agent in config.agents.items():
+            for connection in agent.connections:
+                self.router.connect(route_from_config(name, connection, str(config.base_dir)))
         self.control = Control(self.router, self.status, self.request_stop, self._spawn_task)
         # Started after every agent is READY, stopped (in reverse order) before the drain. A service owns
         # its long-lived tasks through `spawn_service_task`.
@@ -224,9 +225,7 @@ class Supervisor:
 
     async def _start_all(self, group: asyncio.TaskGroup) -> None:
         model_starts = [group.create_task(model.start()) for model in self.models.values()]
-        for slot in self.slots.values():
-            group.create_task(slot.run(), name=f"slot-{slot.name}")
-        waits = [*model_starts, *(slot.started for slot in self.slots.values())]
+        waits = [*model_starts, self._start_slots(group)]
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         try:
             gathered = asyncio.gather(*waits)
@@ -246,6 +245,13 @@ class Supervisor:
             group.create_task(model.supervise(), name=f"model-{model.name}")
         for service in self.services:
             await service.start()
+
+    async def _start_slots(self, group: asyncio.TaskGroup) -> None:
+        for slot in self.slots.values():
+            group.create_task(slot.run(), name=f"slot-{slot.name}")
+            if not self._parallel_load:
+                await slot.started
+        await asyncio.gather(*(slot.started for slot in self.slots.values()))
 
     async def _shutdown(self, drain: bool) -> None:
         self.log.info("shutting down{}", "" if drain else " (no drain)")

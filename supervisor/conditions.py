@@ -1,0 +1,58 @@
+"""Connection conditions and transforms, compiled from the config (or given from Python) into callables."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from llmling.config import CallableCondition, WordMatch
+from llmling.importing import import_path
+
+Predicate = Callable[[str], Awaitable[bool]]
+Transform = Callable[[str], Awaitable[str]]
+ConditionSpec = WordMatch | CallableCondition | Callable[[str], Any] | None
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def word_match(condition: WordMatch) -> Predicate:
+    words = condition.words if condition.case_sensitive else [word.lower() for word in condition.words]
+    combine = any if condition.mode == "any" else all
+
+    async def matches(content: str) -> bool:
+        text = content if condition.case_sensitive else content.lower()
+        return combine(word in text for word in words)
+
+    return matches
+
+
+def predicate(condition: ConditionSpec, base_dir: str) -> Predicate | None:
+    """A predicate over a message's content: from a config condition, or any sync/async callable."""
+    if condition is None:
+        return None
+    if isinstance(condition, WordMatch):
+        return word_match(condition)
+    function = import_path(condition.path, base_dir) if isinstance(condition, CallableCondition) else condition
+
+    async def call(content: str) -> bool:
+        return bool(await _resolve(function(content)))
+
+    return call
+
+
+def transform(path_or_function: str | Callable[[str], Any] | None, base_dir: str) -> Transform | None:
+    """A content rewrite: from a `module:function` path, or any sync/async callable."""
+    if path_or_function is None:
+        return None
+    if isinstance(path_or_function, str):
+        function = import_path(path_or_function, base_dir)
+    else:
+        function = path_or_function
+
+    async def call(content: str) -> str:
+        return str(await _resolve(function(content)))
+
+    return call
