@@ -122,6 +122,8 @@ class Supervisor:
                 base_dir=str(self.config.base_dir),
                 api_base=self.models[local].api_base if local else None,
                 log_level=self._log_level,
+                # The agent sees the environment as it is when it (re)starts, not when the forkserver did.
+                env=dict(os.environ),
             )
 
         return make
