@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import uvloop
 from loguru import logger
 
-from llmling.agent_proc.death import die_with_parent
+from llmling.agent_proc.death import die_with_parent, name_process
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
 from llmling.ipc.peer import Peer, connect
@@ -57,14 +58,17 @@ class AgentProcess:
             self.runtime = AgentRuntime(self.spec)
             await self.runtime.init(self._component, parallel=self.spec.config.get("parallel_init", True))
         except Exception as exc:
-            peer.send({"t": "failed", "error": str(exc)})
             self.log.error("init failed: {}", exc)
+            if self.runtime is not None:
+                await self.runtime.close()  # before `failed`: the supervisor ends the process after it
+            peer.send({"t": "failed", "error": str(exc)})
             return
         peer.send({"t": "ready", "pid": os.getpid()})
         async with asyncio.TaskGroup() as group:
             worker = group.create_task(self._serve())
             await self._stop.wait()
             worker.cancel()
+        await self.runtime.close()
         peer.close()
 
     def _component(self, name: str, state: str) -> None:
@@ -119,7 +123,12 @@ async def agent_main(spec: AgentSpec) -> None:
 
 def run(spec: AgentSpec) -> None:
     """Process entry point (forked by the forkserver): tie our life to the supervisor's, then serve."""
+    # Everything inherited from the forkserver goes to the permanent generation (the forkserver froze its preload
+    # already; this also covers what it built after): a full collection here neither writes to those shared
+    # pages (+70 MiB USS per agent with litellm) nor scans them (~200 ms).
+    gc.freeze()
     die_with_parent()
+    name_process(spec.name)
     # Ctrl+C in a terminal reaches the whole process group; the supervisor decides how agents stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(spec.env)

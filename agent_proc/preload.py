@@ -10,5 +10,11 @@ BASE = ["llmling.agent_proc.main"]
 LLM = [*BASE, "llmling.agent_proc.preload_llm"]
 
 
-def modules(needs_llm: bool) -> list[str]:
-    return LLM if needs_llm else BASE
+MCP = "llmling.agent_proc.preload_mcp"
+# Always last: freezes everything imported before it (see preload_frozen).
+FROZEN = "llmling.agent_proc.preload_frozen"
+
+
+def modules(needs_llm: bool, needs_mcp: bool = False) -> list[str]:
+    """`needs_mcp`: some agent has MCP servers; the MCP client is preloaded too."""
+    return [*(LLM if needs_llm else BASE), *([MCP] if needs_mcp else []), FROZEN]

@@ -7,20 +7,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmling.agent_proc.capabilities import Capabilities
 from llmling.agent_proc.reply import Backend, OnText, Reply
 from llmling.agent_proc.spec import AgentSpec
+from llmling.agent_proc.tools import ToolBox
 
 OnComponent = Callable[[str, str], None]
 
 
-def make_backend(spec: AgentSpec) -> Backend:
+def make_backend(spec: AgentSpec, toolbox: ToolBox | None = None) -> Backend:
     if spec.config.get("callback"):
         from llmling.agent_proc.callback_backend import CallbackBackend
 
         return CallbackBackend(spec.config["callback"], spec.base_dir)
     from llmling.agent_proc.llm_backend import LLMBackend
 
-    return LLMBackend(spec.config, spec.api_base)
+    return LLMBackend(spec.config, spec.api_base, toolbox)
 
 
 class AgentRuntime:
@@ -28,13 +30,19 @@ class AgentRuntime:
 
     def __init__(self, spec: AgentSpec) -> None:
         self.spec = spec
-        self.backend = make_backend(spec)
-        self.history: list[dict[str, Any]] = []
+        # Tools, MCP servers and knowledge: their init components, the ToolBox the backend offers the model.
+        self.capabilities = Capabilities(spec)
+        self.backend = make_backend(spec, self.capabilities.toolbox)
+        # Invariant: at most `max_messages` past messages, starting with a user message; seeded from the
+        # supervisor's history when the process is (re)started.
+        self.max_messages: int = (spec.config.get("history") or {}).get("max_messages", 40)
+        self.history: list[dict[str, Any]] = list(spec.history)
+        self._trim_history()
         self._lock = asyncio.Lock()
 
     def components(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        """Named init steps; later capabilities (tools, MCP, knowledge) add theirs here."""
-        return {"backend": self.backend.init}
+        """Named init steps: the backend, then `tools`, `mcp:<server>`, `knowledge:<source>`."""
+        return {"backend": self.backend.init, **self.capabilities.components()}
 
     async def init(self, on_component: OnComponent, parallel: bool = True) -> None:
         """Initialise every component (concurrently unless `parallel` is False).
@@ -52,12 +60,26 @@ class AgentRuntime:
         else:
             for name, step in steps.items():
                 await _init_one(name, step, on_component)
+        self.capabilities.finish()
+
+    async def close(self) -> None:
+        """Release what the components hold (MCP sessions and their server processes). Never raises."""
+        await self.capabilities.close()
+
+    def _trim_history(self) -> None:
+        excess = len(self.history) - self.max_messages
+        while excess > 0 and excess < len(self.history) and self.history[excess].get("role") != "user":
+            excess += 1  # the context starts with a user message
+        if excess > 0:
+            del self.history[:excess]
 
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
-        system_prompt = self.spec.config.get("system_prompt")
-        if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
+        system = "\n\n".join(
+            part for part in (self.spec.config.get("system_prompt"), self.capabilities.system_context()) if part
+        )
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.extend(self.history)
         messages.append({"role": "user", "content": prompt})
         return messages
@@ -69,6 +91,7 @@ class AgentRuntime:
             reply = await self.backend.run(self._messages(prompt), on_text)
             self.history.append({"role": "user", "content": prompt})
             self.history.append({"role": "assistant", "content": reply.content})
+            self._trim_history()
             return reply, time.perf_counter() - started
 
 

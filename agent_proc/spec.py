@@ -20,3 +20,5 @@ class AgentSpec:
     api_base: str | None = None
     log_level: str = "INFO"
     env: dict[str, str] = field(default_factory=dict)
+    # The conversation to resume ({"role", "content"} messages, oldest first), from the supervisor's history.
+    history: list[dict[str, Any]] = field(default_factory=list)

@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
+from llmling.cli.automation import background, trigger
+from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import resolve
+from llmling.cli.watch import watch
 from llmling.ipc.client import Client, NotRunning
 
 Message = dict[str, Any]
@@ -105,6 +108,7 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
     """Show the supervisor and one line per agent process."""
     with connect(name, socket_) as client:
         reply = fail_on_error(client.request({"t": "status"}))
+    totals = reply.get("totals") or {}
     if as_json:
         out = {
             "name": reply["name"],
@@ -112,16 +116,43 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
             "agents": [
                 {key: agent.get(key) for key in ("name", "pid", "state", "restarts")} for agent in reply["agents"]
             ],
+            # Per agent since the system started: runs, prompt/completion/total tokens, cost (USD or null).
+            "totals": totals,
         }
         click.echo(json.dumps(out))
         return
+    from llmling.cli.history import cost_text
+
     click.echo(f"system {reply['name']}  supervisor pid {reply['pid']}  socket {reply['socket']}")
-    click.echo(f"{'AGENT':<20} {'PID':>8}  {'STATE':<11} {'RESTARTS':>8}")
+    click.echo(f"{'AGENT':<20} {'PID':>8}  {'STATE':<11} {'RESTARTS':>8} {'RUNS':>6} {'TOKENS':>8} {'COST':>10}")
     for agent in reply["agents"]:
         pid = agent["pid"] if agent["pid"] is not None else "-"
-        click.echo(f"{agent['name']:<20} {pid!s:>8}  {agent['state']:<11} {agent['restarts']:>8}")
+        used = totals.get(agent["name"]) or {}
+        click.echo(
+            f"{agent['name']:<20} {pid!s:>8}  {agent['state']:<11} {agent['restarts']:>8} "
+            f"{used.get('runs', 0):>6} {used.get('total_tokens', 0):>8} {cost_text(used.get('cost')):>10}"
+        )
     for model in reply.get("models", []):
         click.echo(f"{'model:' + model['name']:<20} {model['pid']!s:>8}  {model['api_base']}")
+
+
+@main.command()
+@click.argument("agent")
+@with_system
+@click.option("--limit", "-l", default=20, show_default=True, help="the last N runs (0: all, at most 1000)")
+@click.option("--json", "as_json", is_flag=True, help='print {"agent","path","runs":[...],"totals"} as JSON')
+def history(agent: str, name: str | None, socket_: str | None, limit: int, as_json: bool) -> None:
+    """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals."""
+    with connect(name, socket_) as client:
+        reply = fail_on_error(client.request({"t": "history", "agent": agent, "limit": limit}))
+    if as_json:
+        reply.pop("t", None)
+        reply.pop("re", None)
+        click.echo(json.dumps(reply, ensure_ascii=False))
+        return
+    from llmling.cli.history import history_text
+
+    click.echo(history_text(reply))
 
 
 @main.command()
@@ -161,6 +192,11 @@ def schema() -> None:
     from llmling.config import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
+
+
+# Automation (issue #4): live events, triggers, background runs, the systemd unit.
+for _command in (watch, trigger, background, systemd_unit):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

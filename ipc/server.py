@@ -106,8 +106,10 @@ class UnixServer:
         self._remove_socket()
 
     def _remove_socket(self) -> None:
+        """Unlink the socket file if it is still ours: same inode, and nobody else listens on it (inode
+        numbers are reused right after an unlink, so the inode alone could name another server's socket)."""
         with contextlib.suppress(OSError):
-            if self._inode is not None and self.path.stat().st_ino == self._inode:
+            if self._inode is not None and self.path.stat().st_ino == self._inode and not _is_live(self.path):
                 self.path.unlink()
 
 

@@ -197,6 +197,19 @@ class Agent(Generic[TDeps]):
         """Wait for the downstream runs pending on this agent (those no caller waited for)."""
         await self._supervisor.router.complete_tasks(self.name)
 
+    # -- background runs (the supervisor's timer; see llmling.supervisor.background) --------------------------
+    async def run_in_background(self, prompt: str, *, interval: float = 1.0, max_count: int | None = None) -> None:
+        """Run `prompt` now and then every `interval` seconds (at most `max_count` runs), until `stop()`.
+
+        Replaces this agent's current background runs. A tick that comes while the previous run is still in
+        flight is skipped (no pile-up). Raises ValueError for a bad interval or count.
+        """
+        self._supervisor.background.start_job(self.name, prompt, interval, max_count)
+
+    async def stop(self) -> None:
+        """Stop this agent's background runs (a run in flight still finishes). No-op when there are none."""
+        self._supervisor.background.stop_job(self.name)
+
     # -- connections ----------------------------------------------------------------------------------------
     def connect_to(
         self,

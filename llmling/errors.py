@@ -15,6 +15,10 @@ class StartupError(LLMlingError):
     """The system could not start (an agent failed its init, the socket is taken, ...)."""
 
 
+class StartupInterrupted(StartupError):
+    """A stop was requested (Ctrl+C, SIGTERM, `llmling stop`) before every agent was ready."""
+
+
 class AgentRunError(LLMlingError):
     """An agent's run failed: its code raised, its model call failed or its process died mid-run."""
 

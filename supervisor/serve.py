@@ -1,7 +1,8 @@
 """`llmling up` in the foreground: run a Supervisor until SIGINT/SIGTERM or a `stop` request.
 
 Signal handlers only request: the first SIGINT/SIGTERM starts a graceful shutdown, a second one skips the
-drain. The exit status is 0 after a requested shutdown.
+drain. The exit status is 0 after a requested shutdown. Under systemd (`NOTIFY_SOCKET` set) it speaks the
+notify protocol: READY=1, STATUS=, WATCHDOG=1 from this loop, STOPPING=1 (see `notify.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import uvloop
 
 from llmling.config import SystemConfig
+from llmling.errors import StartupInterrupted
+from llmling.supervisor.notify import SystemdNotifier
 from llmling.supervisor.system import Supervisor
 
 Message = dict[str, Any]
@@ -26,8 +29,15 @@ async def serve(
     on_event: Callable[[Message], None] | None = None,
     log_level: str = "INFO",
 ) -> None:
-    """Run the system until it is asked to stop. Raises StartupError when it cannot start."""
+    """Run the system until it is asked to stop (also while it starts). Raises StartupError when it cannot
+    start."""
+    notifier = SystemdNotifier.from_env()  # before the forkserver starts: no child inherits NOTIFY_SOCKET
     supervisor = Supervisor(config, socket=socket, on_event=on_event, log_level=log_level)
+    watchdog: asyncio.Task[None] | None = None
+    if notifier is not None:
+        supervisor.add_listener(notifier.on_event)
+        # Owned here and ended below: it pings only while this loop runs, from start-up to the end.
+        watchdog = asyncio.create_task(notifier.watchdog(), name="sd-watchdog")
     loop = asyncio.get_running_loop()
     signals_seen = 0
 
@@ -39,11 +49,19 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await supervisor.start()
+        try:
+            await supervisor.start()
+        except StartupInterrupted:
+            return  # asked to stop while starting: a requested shutdown, not a failure
         await supervisor.wait_stopped()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.wait({watchdog})
+        if notifier is not None:
+            notifier.close()
 
 
 def run(config: SystemConfig, **kwargs: Any) -> None:

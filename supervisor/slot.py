@@ -26,8 +26,6 @@ BACKOFF_START = 0.25
 BACKOFF_MAX = 30.0
 # A process that stayed up this long has its backoff reset.
 STABLE_AFTER = 30.0
-HEARTBEAT_INTERVAL = 5.0
-HEARTBEAT_TIMEOUT = 10.0
 
 
 class AgentSlot:
@@ -40,9 +38,16 @@ class AgentSlot:
     """
 
     def __init__(
-        self, name: str, make_spec: Callable[[str], AgentSpec], spawner: Spawner, on_event: OnEvent
+        self,
+        name: str,
+        make_spec: Callable[[str], AgentSpec],
+        spawner: Spawner,
+        on_event: OnEvent,
+        heartbeat: tuple[float, float] = (5.0, 10.0),
     ) -> None:
         self.name = name
+        # (interval, timeout) of the pings that check the agent's own event loop.
+        self._heartbeat_interval, self._heartbeat_timeout = heartbeat
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
@@ -53,6 +58,9 @@ class AgentSlot:
         self.last_error: str | None = None
         # Invariant: set exactly while `peer` is an authenticated, READY connection of the current process.
         self._ready = asyncio.Event()
+        # Set when the current start attempt failed (cleared when the next one begins): wakes the runs
+        # waiting for READY, which would otherwise wait for a READY that this attempt will never bring.
+        self._start_failed = asyncio.Event()
         self.peer: Peer | None = None
         self._token: str | None = None
         self._hello: asyncio.Future[Peer] | None = None
@@ -115,10 +123,13 @@ class AgentSlot:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stopping:
+                    break  # the process was ended on purpose during its start
                 failed = True
                 self.last_error = str(exc)
                 self.log.error("{}", exc)
                 self._set_state("failed", error=str(exc))
+                self._start_failed.set()
             if not self.started.done():
                 self.started.set_result(None)  # the first attempt has an outcome; `state` says which
             if self._stopping:
@@ -130,6 +141,8 @@ class AgentSlot:
                 self._set_state("restarting", delay=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+        if not self.started.done():
+            self.started.set_result(None)
         self._set_state("stopped")
 
     async def _one_life(self) -> None:
@@ -137,6 +150,7 @@ class AgentSlot:
         self._token = secrets.token_urlsafe(24)
         self._hello = loop.create_future()
         self._init_result = loop.create_future()
+        self._start_failed.clear()
         self._set_state("starting")
         child = self._child = Child(await self._spawner.spawn(self._make_spec(self._token)))
         self.pid = child.pid
@@ -166,11 +180,11 @@ class AgentSlot:
     async def _heartbeat(self, peer: Peer, pid: int | None) -> None:
         """Ping the agent's own event loop; a loop blocked past the timeout gets its process killed."""
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self._heartbeat_interval)
             try:
-                await asyncio.wait_for(peer.request({"t": "ping"}), HEARTBEAT_TIMEOUT)
+                await asyncio.wait_for(peer.request({"t": "ping"}), self._heartbeat_timeout)
             except TimeoutError:
-                self.log.error("no heartbeat for {} s; killing process {}", HEARTBEAT_TIMEOUT, pid)
+                self.log.error("no heartbeat for {} s; killing process {}", self._heartbeat_timeout, pid)
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -186,10 +200,21 @@ class AgentSlot:
                 raise AgentRunError(self.name, "agent is stopped")
             if self.state == "failed":
                 raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
+            ready = asyncio.ensure_future(self._ready.wait())
+            failed = asyncio.ensure_future(self._start_failed.wait())
             try:
-                await asyncio.wait_for(self._ready.wait(), wait_ready)
-            except TimeoutError:
-                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s") from None
+                done, _ = await asyncio.wait(
+                    {ready, failed}, timeout=wait_ready, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ready.cancel()
+                failed.cancel()
+            if not self._ready.is_set():
+                if self._start_failed.is_set():
+                    raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
+                if ready in done:  # it was READY, and its process died before the run was sent
+                    raise AgentRunError(self.name, "agent process died before the run")
+                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s")
         peer = self.peer
         assert peer is not None
         try:

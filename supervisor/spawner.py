@@ -74,7 +74,8 @@ class Spawner:
         return process
 
     def close(self) -> None:
-        """Release the forkserver; the last user stops it, so a finished system leaves no process behind."""
+        """Release the forkserver. It stays up for the next system of this process (a warm start: litellm is
+        not imported again) and ends with the process; it is replaced when a system needs modules it lacks."""
         global _users
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -82,5 +83,3 @@ class Spawner:
         if self._started:
             self._started = False
             _users -= 1
-            if _users == 0 and _forkserver_running():
-                _stop_forkserver()

@@ -19,17 +19,21 @@ from loguru import logger
 from llmling.agent_proc import preload
 from llmling.agent_proc.spec import AgentSpec
 from llmling.config import SystemConfig
-from llmling.errors import StartupError
+from llmling.errors import StartupError, StartupInterrupted
 from llmling.ipc.paths import socket_path
 from llmling.ipc.peer import Peer
 from llmling.ipc.server import AlreadyRunning, UnixServer
+from llmling.supervisor.background import BackgroundRuns
 from llmling.supervisor.control import Control
+from llmling.supervisor.events import EventStream
+from llmling.supervisor.history import HistoryService
 from llmling.supervisor.model_service import ModelService
 from llmling.supervisor.router import Router
 from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot
 from llmling.supervisor.spawner import Spawner
+from llmling.supervisor.triggers import Triggers
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
@@ -58,11 +62,18 @@ class Supervisor:
         self._listeners: list[OnEvent] = [on_event] if on_event else []
         self._log_level = log_level
         self.log = logger.bind(agent="supervisor")
-        self._spawner = Spawner(preload.modules(config.needs_llm))
+        self._spawner = Spawner(preload.modules(config.needs_llm, config.needs_mcp))
         self._server = UnixServer(self.socket_path, self._on_message, on_close=self._on_peer_closed)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
         self.slots = {
-            name: AgentSlot(name, self._spec_maker(name), self._spawner, self._emit) for name in config.agents
+            name: AgentSlot(
+                name,
+                self._spec_maker(name),
+                self._spawner,
+                self._emit,
+                heartbeat=(config.heartbeat_interval, config.heartbeat_timeout),
+            )
+            for name in config.agents
         }
         self.router = Router(self.slots, config.max_hops, self._spawn_task, self._emit)
         for name, agent in config.agents.items():
@@ -79,6 +90,15 @@ class Supervisor:
         self._force = asyncio.Event()
         # Invariant: the request tasks of the root group that have not finished.
         self._requests: set[asyncio.Task[Any]] = set()
+        # The run history (issue #5): records finished runs in SQLite, answers `history`, seeds (re)started
+        # agents (AgentSpec.history). The first service: started first, stopped last.
+        self.history = HistoryService(self)
+        self.services.append(self.history)
+        # Automation (issue #4): the event stream (`subscribe`), the triggers of every agent (one service per
+        # kind in use; `trigger`/`triggers`) and background runs (`background_start`/`_stop`/`_list`).
+        self.events = EventStream(self)
+        self.triggers = Triggers(self)
+        self.background = BackgroundRuns(self)
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -91,6 +111,15 @@ class Supervisor:
                 listener(event)
             except Exception:
                 self.log.exception("event listener failed")
+
+    def emit(self, event: Message) -> None:
+        """Report an event (a dict with an `event` key) to every listener; for services."""
+        self._emit(event)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested: services start nothing new from then on."""
+        return self._stop_requested.is_set()
 
     def spawn_service_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run a service's long-lived task in the root group; the service's `stop()` must end it."""
@@ -124,6 +153,7 @@ class Supervisor:
                 log_level=self._log_level,
                 # The agent sees the environment as it is when it (re)starts, not when the forkserver did.
                 env=dict(os.environ),
+                history=self.history.resume(name),
             )
 
         return make
@@ -152,6 +182,8 @@ class Supervisor:
             "socket": str(self.socket_path),
             "pending_runs": self.router.busy,
             "agents": [slot.status() for slot in self.slots.values()],
+            # Per agent since this supervisor started: runs, prompt/completion/total tokens, cost (USD or None).
+            "totals": self.history.totals(),
             "models": [
                 {
                     "name": m.name,
@@ -236,7 +268,7 @@ class Supervisor:
                 gathered.cancel()
                 with contextlib.suppress(BaseException):
                     await gathered
-                raise StartupError("start-up interrupted")
+                raise StartupInterrupted("start-up interrupted")
             gathered.result()
         finally:
             stop_wait.cancel()
@@ -263,14 +295,16 @@ class Supervisor:
                 await service.stop()
             except Exception:
                 self.log.exception("service {} failed to stop", service.name)
+        # New sends are refused from here on; the socket keeps listening through the drain, so a client that
+        # connects now is told the system is shutting down instead of finding no system.
         self.router.accepting = False
-        self._server.stop_listening()
         if drain and self.router.busy:
             drained = asyncio.ensure_future(self.router.drain(self.config.shutdown_timeout))
             forced = asyncio.ensure_future(self._force.wait())
             await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
             drained.cancel()
             forced.cancel()
+        self._server.stop_listening()
         await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
         await asyncio.gather(*(model.stop() for model in self.models.values()))
         # Whatever request is still running (client sends, downstream runs) ends now.

@@ -1,0 +1,190 @@
+"""The config schema of triggers (`triggers:`) and background runs (`background:`) of an agent.
+
+A trigger turns something outside the system (a file change, an HTTP request, the clock) into a run of its
+agent. The supervisor owns every trigger; agents only receive runs. `template` (str.format syntax) renders
+the prompt from the fields each kind offers (`TEMPLATE_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmling.cron import CronError, validate
+
+# The fields a template may use, per trigger kind.
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "file": ("change", "path", "abs_path", "name", "agent"),
+    "webhook": ("body", "data", "query", "headers", "method", "path", "name", "agent"),
+    "time": ("time", "count", "name", "agent"),
+}
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+def check_template(template: str, kind: str) -> str:
+    """Raise ValueError naming an unknown field or a malformed template; return the template."""
+    allowed = TEMPLATE_FIELDS[kind]
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template is not valid str.format syntax: {exc}") from None
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if root == "" or root.isdigit():
+            raise ValueError("template fields must be named, e.g. {path}")
+        if root not in allowed:
+            raise ValueError(f"unknown template field {{{root}}}; {kind} triggers offer {', '.join(allowed)}")
+    return template
+
+
+class _Trigger(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique among the agent's triggers; `llmling trigger enable AGENT NAME`")
+    enabled: bool = Field(True, description="a disabled trigger stays configured but does not fire")
+    template: str | None = Field(None, description="str.format template of the prompt (fields: see the docs)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be letters, digits, '_', '.' or '-'")
+        return value
+
+
+class FileTrigger(_Trigger):
+    """A run when files change. Each batch of changes (debounced) becomes one run naming every change."""
+
+    type: Literal["file"]
+    paths: list[str] = Field(
+        min_length=1, description="files, folders or globs (`docs/**/*.md`), relative to the config's folder"
+    )
+    extensions: list[str] | None = Field(None, description="only these suffixes, e.g. ['.md']")
+    debounce_ms: int = Field(200, ge=0, le=60_000, description="changes within this window become one run")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dots(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [ext if ext.startswith(".") else f".{ext}" for ext in value]
+
+    @model_validator(mode="after")
+    def _template(self) -> FileTrigger:
+        if self.template is not None:
+            check_template(self.template, "file")
+        return self
+
+
+class WebhookTrigger(_Trigger):
+    """A run for each HTTP POST on `host:port` + `path`; triggers on one port share one server."""
+
+    type: Literal["webhook"]
+    port: int = Field(ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="the address to bind; 0.0.0.0 for every interface")
+    path: str = Field("/webhook", description="the URL path, starting with /")
+    secret_env: str | None = Field(
+        None, description="environment variable with the HMAC-SHA256 secret checked in X-Hub-Signature-256"
+    )
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY, gt=0, description="larger bodies are refused with 413")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "?#{} "):
+            raise ValueError("must start with / and contain no '?', '#', '{', '}' or spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _template(self) -> WebhookTrigger:
+        if self.template is not None:
+            check_template(self.template, "webhook")
+        return self
+
+
+class TimeTrigger(_Trigger):
+    """A run on a schedule: a cron expression (local time) or a fixed interval."""
+
+    type: Literal["time"]
+    cron: str | None = Field(None, description="5 fields: minute hour day-of-month month day-of-week")
+    interval_s: float | None = Field(None, gt=0, description="seconds between runs (the first after one interval)")
+    prompt: str | None = Field(None, description="the prompt of every run, as it is")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate(value)
+        except CronError as exc:
+            raise ValueError(f"invalid cron expression: {exc}") from None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> TimeTrigger:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("set exactly one of 'cron' or 'interval_s'")
+        if self.prompt is not None and self.template is not None:
+            raise ValueError("set 'prompt' or 'template', not both")
+        if self.template is not None:
+            check_template(self.template, "time")
+        return self
+
+
+TriggerConfig = Annotated[FileTrigger | WebhookTrigger | TimeTrigger, Field(discriminator="type")]
+
+
+class BackgroundConfig(BaseModel):
+    """Runs of one prompt repeated by the supervisor: the first at once, then one every `interval` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    interval: float = Field(gt=0, description="seconds between the starts of two runs")
+    max_count: int | None = Field(None, ge=1, description="stop after this many runs (default: never)")
+
+
+def unique_trigger_names(triggers: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    for trigger in triggers:
+        if trigger.name in seen:
+            raise ValueError(f"two triggers are named {trigger.name!r}")
+        seen.add(trigger.name)
+    return triggers
+
+
+def webhook_conflicts(agents: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(key path, problem) for each webhook trigger whose host, port and path another one already uses."""
+    seen: dict[tuple[str, int, str], str] = {}
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for agent_name, agent in agents.items():
+        for index, trigger in enumerate(agent.triggers):
+            if not isinstance(trigger, WebhookTrigger):
+                continue
+            key = (trigger.host, trigger.port, trigger.path)
+            owner = f"{agent_name}/{trigger.name}"
+            if key in seen:
+                problems.append(
+                    (
+                        ("agents", agent_name, "triggers", index, "path"),
+                        f"{trigger.host}:{trigger.port}{trigger.path} is already used by trigger {seen[key]}",
+                    )
+                )
+            else:
+                seen[key] = owner
+    return problems
+
+
+__all__ = [
+    "TEMPLATE_FIELDS",
+    "BackgroundConfig",
+    "FileTrigger",
+    "TimeTrigger",
+    "TriggerConfig",
+    "WebhookTrigger",
+    "check_template",
+    "webhook_conflicts",
+]

@@ -1,0 +1,224 @@
+"""Time triggers: the cron matcher, interval ticks into real agent runs, no pile-up, missed ticks skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from llmling import AgentPool
+from llmling.config import load_config
+from llmling.cron import Cron, CronError
+from tests._automation import RECORDER, got, wait_until, write_system
+
+
+# -- the cron matcher -----------------------------------------------------------------------------------------
+def test_cron_fields_ranges_steps_lists() -> None:
+    cron = Cron.parse("*/15 9-17 * * 1-5")
+    assert cron.minutes == frozenset({0, 15, 30, 45})
+    assert cron.hours == frozenset(range(9, 18))
+    assert cron.weekdays == frozenset({1, 2, 3, 4, 5})
+    assert Cron.parse("5,10,50-52 * * * *").minutes == frozenset({5, 10, 50, 51, 52})
+    assert Cron.parse("10-30/10 * * * *").minutes == frozenset({10, 20, 30})
+    assert Cron.parse("7/20 * * * *").minutes == frozenset({7, 27, 47})
+    assert Cron.parse("0 0 * jan,jul sun").months == frozenset({1, 7})
+    assert Cron.parse("0 0 * * 7").weekdays == frozenset({0})  # 7 is Sunday too
+    assert Cron.parse("@hourly").minutes == frozenset({0})
+
+
+def test_cron_next_after() -> None:
+    every_quarter = Cron.parse("*/15 * * * *")
+    assert every_quarter.next_after(datetime(2024, 3, 1, 10, 7, 30)) == datetime(2024, 3, 1, 10, 15)
+    assert every_quarter.next_after(datetime(2024, 3, 1, 10, 45)) == datetime(2024, 3, 1, 11, 0)
+    hourly = Cron.parse("0 * * * *")
+    assert hourly.next_after(datetime(2024, 12, 31, 23, 0)) == datetime(2025, 1, 1, 0, 0)
+    workdays = Cron.parse("30 9 * * mon-fri")
+    assert workdays.next_after(datetime(2024, 3, 1, 10, 0)) == datetime(2024, 3, 4, 9, 30)  # Fri → Mon
+    leap = Cron.parse("0 0 29 2 *")
+    assert leap.next_after(datetime(2024, 3, 1)) == datetime(2028, 2, 29)
+    # Day of month and day of week both restricted: either matches (Vixie cron).
+    either = Cron.parse("0 12 13 * fri")
+    assert either.next_after(datetime(2024, 9, 1)) == datetime(2024, 9, 6, 12)  # a Friday before the 13th
+    assert either.matches(datetime(2024, 9, 13, 12)) and either.matches(datetime(2024, 9, 20, 12))
+    assert not either.matches(datetime(2024, 9, 14, 12))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("* * * *", "expected 5 fields"),
+        ("60 * * * *", "out of range"),
+        ("*/0 * * * *", "step"),
+        ("30-10 * * * *", "backwards"),
+        ("* * * foo *", "not a number"),
+        ("0 0 30 2 *", "never matches"),
+    ],
+)
+def test_cron_errors(text: str, message: str) -> None:
+    with pytest.raises(CronError, match=message):
+        Cron.parse(text).next_after(datetime(2024, 1, 1))
+
+
+# -- ticks into real runs -------------------------------------------------------------------------------------
+def test_interval_trigger_runs_agent(systems) -> None:  # type: ignore[no-untyped-def]
+    system = systems.start(
+        """
+        agents:
+          reporter:
+            callback: rec:record
+            triggers:
+              - type: time
+                name: fast
+                interval_s: 0.3
+                prompt: Write the report
+              - type: time
+                name: templated
+                interval_s: 0.4
+                template: "tick {count} of {name} for {agent} at {time}"
+        """,
+        modules={"rec": RECORDER},
+    )
+    folder = system.config.parent
+    wait_until(lambda: sum(call["prompt"] == "Write the report" for call in got(folder)) >= 3, what="3 ticks")
+    templated = wait_until(
+        lambda: [c["prompt"] for c in got(folder) if c["prompt"].startswith("tick ")], what="templated tick"
+    )
+    assert templated[0].startswith("tick 1 of templated for reporter at ")
+
+    reply = system.request({"t": "triggers"})
+    fast = next(item for item in reply["triggers"] if item["name"] == "fast")
+    assert fast["type"] == "time" and fast["enabled"] and fast["fired"] >= 3
+
+
+def test_disable_and_enable_time_trigger(systems) -> None:  # type: ignore[no-untyped-def]
+    system = systems.start(
+        """
+        agents:
+          reporter:
+            callback: rec:record
+            triggers:
+              - {type: time, name: fast, interval_s: 0.2, prompt: tick, enabled: false}
+        """,
+        modules={"rec": RECORDER},
+    )
+    folder = system.config.parent
+    time.sleep(0.8)
+    assert got(folder) == [], "a disabled trigger fired"
+    result = system.cli("trigger", "enable", "reporter", "fast")
+    assert result.returncode == 0, result.stderr
+    assert "reporter/fast (time): enabled" in result.stdout
+    wait_until(lambda: len(got(folder)) >= 2, what="ticks after enable")
+    result = system.cli("trigger", "disable", "reporter", "fast")
+    assert result.returncode == 0, result.stderr
+    time.sleep(0.3)  # a run started just before may still land
+    count = len(got(folder))
+    time.sleep(0.8)
+    assert len(got(folder)) == count, "a disabled trigger kept firing"
+    listed = system.cli("trigger", "list")
+    assert "fast" in listed.stdout and "disabled" in listed.stdout
+
+    unknown = system.cli("trigger", "enable", "reporter", "nope")
+    assert unknown.returncode != 0 and "has no trigger 'nope'" in unknown.stderr
+
+
+def _pool_config(tmp_path: Path, trigger: str, callback: str = "rec:record") -> Path:
+    return write_system(
+        tmp_path / "sys",
+        f"""
+        agents:
+          reporter:
+            callback: {callback}
+            triggers:
+              - {trigger}
+        """,
+    )
+
+
+async def test_busy_tick_is_skipped_not_piled_up(
+    tmp_path: Path, sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REC_SLOW", "1.0")
+    path = _pool_config(tmp_path, "{type: time, name: fast, interval_s: 0.25, prompt: go}", "rec:slow")
+    events: list[dict] = []
+    async with AgentPool(load_config(path), socket=sock_path) as pool:
+        pool.supervisor.add_listener(events.append)
+        await asyncio.sleep(2.6)
+    calls = got(path.parent)
+    assert len(calls) >= 1
+    for earlier, later in itertools.pairwise(calls):
+        assert later["start"] >= earlier["end"] - 0.01, "two runs of one trigger overlapped"
+    skipped = [e for e in events if e.get("event") == "trigger_skipped"]
+    assert skipped and all(e["reason"] == "busy" for e in skipped)
+    fired = [e for e in events if e.get("event") == "trigger_fired"]
+    assert len(fired) <= 3  # 2.6 s of 1 s runs: never one per tick
+
+
+async def test_missed_ticks_are_skipped_not_replayed(tmp_path: Path, sock_path: Path) -> None:
+    path = _pool_config(tmp_path, "{type: time, name: fast, interval_s: 0.2, prompt: go}")
+    events: list[tuple[float, dict]] = []
+    two_fired = asyncio.Event()
+
+    def on_event(event: dict) -> None:
+        events.append((time.monotonic(), event))
+        if sum(e.get("event") == "trigger_fired" for _, e in events) >= 2:
+            two_fired.set()
+
+    async with AgentPool(load_config(path), socket=sock_path) as pool:
+        pool.supervisor.add_listener(on_event)
+        await two_fired.wait()
+        time.sleep(1.1)  # noqa: ASYNC251  (the loop is blocked on purpose: five ticks come and go meanwhile)
+        unblocked = time.monotonic()
+        await asyncio.sleep(0.5)
+    missed = [e for t, e in events if t >= unblocked and e.get("event") == "trigger_skipped"]
+    assert missed and missed[0]["reason"] == "missed" and missed[0]["missed"] >= 4
+    burst = [t for t, e in events if e.get("event") == "trigger_fired" and unblocked <= t < unblocked + 0.15]
+    assert len(burst) <= 1, "missed ticks were replayed in a burst"
+
+
+@pytest.mark.parametrize(
+    ("trigger", "message"),
+    [
+        ("{type: time, name: t, cron: '0 0 30 2 *'}", "invalid cron expression: '0 0 30 2 *' never matches"),
+        ("{type: time, name: t, cron: '* * *'}", "expected 5 fields"),
+        ("{type: time, name: t}", "set exactly one of 'cron' or 'interval_s'"),
+        ("{type: time, name: t, interval_s: 1, cron: '* * * * *'}", "set exactly one"),
+        ("{type: time, name: t, interval_s: 0}", "greater than 0"),
+        ("{type: time, name: t, interval_s: 1, template: '{nope}'}", "unknown template field {nope}"),
+        ("{type: file, name: f, paths: [x], template: '{path'}", "not valid str.format syntax"),
+        ("{type: webhook, name: w, port: 8000, path: nope}", "must start with /"),
+        ("{type: cron, name: c}", "does not match any of the expected tags"),
+    ],
+)
+def test_trigger_config_errors(trigger: str, message: str) -> None:
+    from llmling.config import parse_config
+    from llmling.errors import ConfigError
+
+    text = f"agents:\n  a:\n    callback: cb:echo\n    triggers:\n      - {trigger}\n"
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        parse_config(text, "agents.yml")
+    assert str(error.value).startswith("agents.yml:5: agents.a.triggers.0")
+
+
+def test_trigger_config_names_and_webhook_conflicts() -> None:
+    from llmling.config import parse_config
+    from llmling.errors import ConfigError
+
+    twice = "agents:\n  a:\n    callback: cb:echo\n    triggers:\n" + (
+        "      - {type: time, name: t, interval_s: 1}\n" * 2
+    )
+    with pytest.raises(ConfigError, match="two triggers are named 't'"):
+        parse_config(twice)
+    clash = (
+        "agents:\n"
+        "  a:\n    callback: cb:echo\n    triggers:\n      - {type: webhook, name: w, port: 8000}\n"
+        "  b:\n    callback: cb:echo\n    triggers:\n      - {type: webhook, name: v, port: 8000}\n"
+    )
+    with pytest.raises(ConfigError, match=r"agents.yml:9: .*:8000/webhook is already used by trigger a/w"):
+        parse_config(clash, "agents.yml")
+    ok = clash.replace("port: 8000}\n  b", "port: 8000, path: /a}\n  b")
+    assert len(parse_config(ok).agents["b"].triggers) == 1
