@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import click
 
-from llmling.ipc.paths import SOCKET_ENV, runtime_dir, socket_path
-
-
-def _live(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
+from llmling.ipc.paths import SOCKET_ENV, is_live, runtime_dir, socket_path
 
 
 def resolve(name: str | None, override: str | None) -> Path:
@@ -25,7 +15,7 @@ def resolve(name: str | None, override: str | None) -> Path:
     if override or name or os.environ.get(SOCKET_ENV):
         return socket_path(name or "", override)
     directory = runtime_dir()
-    live = sorted(p for p in directory.glob("*.sock") if _live(p)) if directory.is_dir() else []
+    live = sorted(p for p in directory.glob("*.sock") if is_live(p)) if directory.is_dir() else []
     if len(live) == 1:
         return live[0]
     if not live:

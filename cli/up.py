@@ -5,9 +5,13 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from llmling.config import SystemConfig
 
 Message = dict[str, Any]
 
@@ -79,7 +83,12 @@ def configure_logging(level: str) -> None:
     logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level: <7} [{extra[agent]}] {message}")
 
 
-def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
+def host(
+    path: str, socket: str | None, log_level: str, listener: Callable[[SystemConfig], Callable[[Message], None]]
+) -> int:
+    """Run the system of the config at `path` in this process until it stops; return the exit status:
+    2 for an invalid config (nothing started), 1 when it cannot start, 0 after a requested stop.
+    `listener(config)` makes the event listener (progress, a watch printer)."""
     from llmling.config import load_config
     from llmling.errors import ConfigError, StartupError
 
@@ -91,10 +100,8 @@ def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
     configure_logging(log_level)
     from llmling.supervisor.serve import run
 
-    progress = Progress(len(config.agents), quiet)
-    progress._say(f"starting {config.name!r}: {', '.join(config.agents)}")
     try:
-        run(config, socket=socket, on_event=progress, log_level=log_level)
+        run(config, socket=socket, on_event=listener(config), log_level=log_level)
     except StartupError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
@@ -103,3 +110,12 @@ def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
         # heap (measured with 8 agents: the supervisor exits ~35 ms sooner after Ctrl+C, ~60 instead of ~95 ms).
         gc.freeze()
     return 0
+
+
+def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
+    def progress(config: SystemConfig) -> Progress:
+        shown = Progress(len(config.agents), quiet)
+        shown._say(f"starting {config.name!r}: {', '.join(config.agents)}")
+        return shown
+
+    return host(path, socket, log_level, progress)

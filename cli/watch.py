@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmling.ipc.client import Client, NotRunning
-from llmling.ipc.paths import SOCKET_ENV, socket_path
+from llmling.ipc.paths import SOCKET_ENV, is_live, socket_path
+
+if TYPE_CHECKING:
+    from llmling.config import SystemConfig
 
 Message = dict[str, Any]
 PREVIEW = 72
@@ -159,15 +162,6 @@ def _yaml_name(path: Path) -> str | None:
     return None
 
 
-def _live(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
-
-
 def target_socket(config: str | None, name: str | None, socket_: str | None) -> Path | None:
     """The control socket the watch is about; None when it can only be known by loading the config."""
     if socket_ or os.environ.get(SOCKET_ENV):
@@ -209,17 +203,7 @@ def attach(path: Path, printer: Printer, agents: list[str]) -> int:
 
 def start(config: str, socket_: str | None, printer: Printer, log_level: str, agents: list[str]) -> int:
     """Run the system of `config` here, printing its events, until Ctrl+C or `llmling stop`."""
-    from llmling.cli.up import configure_logging
-    from llmling.config import load_config
-    from llmling.errors import ConfigError, StartupError
-
-    try:
-        system = load_config(config)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    configure_logging(log_level)
-    from llmling.supervisor.serve import run
+    from llmling.cli.up import host
 
     wanted = set(agents)
 
@@ -227,14 +211,12 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
         if not wanted or event.get("agent") in (None, *wanted):
             printer(event)
 
-    if not printer.as_json:
-        click.echo(f"starting {system.name!r} (Ctrl+C to stop)", err=True)
-    try:
-        run(system, socket=socket_, on_event=on_event, log_level=log_level)
-    except StartupError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 1
-    return 0
+    def listener(system: SystemConfig) -> Callable[[Message], None]:
+        if not printer.as_json:
+            click.echo(f"starting {system.name!r} (Ctrl+C to stop)", err=True)
+        return on_event
+
+    return host(config, socket_, log_level, listener)
 
 
 @click.command()
@@ -269,7 +251,7 @@ def watch(
         from llmling.cli.target import resolve
 
         path = resolve(None, None)
-    if path is not None and _live(path):
+    if path is not None and is_live(path):
         sys.exit(attach(path, printer, list(agents)))
     if config is None:
         raise click.ClickException(f"no system is running on {path}; give a CONFIG to start one")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 SOCKET_ENV = "LLMLING_SOCKET"
@@ -25,6 +26,16 @@ def socket_path(name: str, override: str | os.PathLike[str] | None = None) -> Pa
     if env:
         return Path(env)
     return runtime_dir() / f"{name}.sock"
+
+
+def is_live(path: Path) -> bool:
+    """Whether a server accepts connections on the socket at `path` right now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return False
+    return True
 
 
 def check_length(path: Path) -> None:

@@ -5,26 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from llmling.ipc.frames import DEFAULT_MAX_FRAME
-from llmling.ipc.paths import check_length, prepare_dir
+from llmling.ipc.paths import check_length, is_live, prepare_dir
 from llmling.ipc.peer import OnMessage, Peer
 
 
 class AlreadyRunning(RuntimeError):
     """Another live server already listens on the socket path."""
-
-
-def _is_live(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
 
 
 class UnixServer:
@@ -58,7 +48,7 @@ class UnixServer:
         check_length(self.path)
         prepare_dir(self.path)
         if self.path.exists() or self.path.is_symlink():
-            if _is_live(self.path):
+            if is_live(self.path):
                 raise AlreadyRunning(f"a system is already listening on {self.path}")
             self.path.unlink()
         loop = asyncio.get_running_loop()
@@ -109,7 +99,7 @@ class UnixServer:
         """Unlink the socket file if it is still ours: same inode, and nobody else listens on it (inode
         numbers are reused right after an unlink, so the inode alone could name another server's socket)."""
         with contextlib.suppress(OSError):
-            if self._inode is not None and self.path.stat().st_ino == self._inode and not _is_live(self.path):
+            if self._inode is not None and self.path.stat().st_ino == self._inode and not is_live(self.path):
                 self.path.unlink()
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from llmling.errors import ConfigError
+from llmling.names import check_name, expand_short_form
 from llmling.trigger_config import BackgroundConfig, TriggerConfig, unique_trigger_names, webhook_conflicts
 
 LOCAL_PREFIX = "local/"
@@ -172,9 +173,7 @@ class KnowledgeConfig(_Strict):
     @field_validator("resources", mode="before")
     @classmethod
     def _short_resources(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"uri": item} if isinstance(item, str) else item for item in value]
-        return value
+        return expand_short_form(value, "uri")
 
     @property
     def empty(self) -> bool:
@@ -289,9 +288,7 @@ class AgentConfig(_Strict):
     @field_validator("connections", mode="before")
     @classmethod
     def _short_connections(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"name": item} if isinstance(item, str) else item for item in value]
-        return value
+        return expand_short_form(value, "name")
 
     @model_validator(mode="after")
     def _one_backend(self) -> AgentConfig:
@@ -329,9 +326,7 @@ class SystemConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError("must be letters, digits, '_', '.' or '-'")
-        return value
+        return check_name(value)
 
     @field_validator("agents")
     @classmethod

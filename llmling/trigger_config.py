@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmling.cron import CronError, validate
+from llmling.names import check_name
 
 # The fields a template may use, per trigger kind.
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -52,9 +53,13 @@ class _Trigger(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError("must be letters, digits, '_', '.' or '-'")
-        return value
+        return check_name(value)
+
+    @model_validator(mode="after")
+    def _template(self) -> _Trigger:
+        if self.template is not None:
+            check_template(self.template, self.type)  # type: ignore[attr-defined]  (each kind has its fields)
+        return self
 
 
 class FileTrigger(_Trigger):
@@ -71,12 +76,6 @@ class FileTrigger(_Trigger):
     @classmethod
     def _dots(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [ext if ext.startswith(".") else f".{ext}" for ext in value]
-
-    @model_validator(mode="after")
-    def _template(self) -> FileTrigger:
-        if self.template is not None:
-            check_template(self.template, "file")
-        return self
 
 
 class WebhookTrigger(_Trigger):
@@ -97,12 +96,6 @@ class WebhookTrigger(_Trigger):
         if not value.startswith("/") or any(c in value for c in "?#{} "):
             raise ValueError("must start with / and contain no '?', '#', '{', '}' or spaces")
         return value
-
-    @model_validator(mode="after")
-    def _template(self) -> WebhookTrigger:
-        if self.template is not None:
-            check_template(self.template, "webhook")
-        return self
 
 
 class TimeTrigger(_Trigger):
@@ -129,8 +122,6 @@ class TimeTrigger(_Trigger):
             raise ValueError("set exactly one of 'cron' or 'interval_s'")
         if self.prompt is not None and self.template is not None:
             raise ValueError("set 'prompt' or 'template', not both")
-        if self.template is not None:
-            check_template(self.template, "time")
         return self
 
 
