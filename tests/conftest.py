@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from llmling.testing import SystemProcess, wait_gone
+from llmling.testing import ScriptedLLM, SystemProcess, wait_gone
 
 # Seconds an async test may run before it fails.
 ASYNC_TEST_TIMEOUT = 60.0
@@ -62,6 +62,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(function(**kwargs), ASYNC_TEST_TIMEOUT))
     return True
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[ScriptedLLM]:
+    """A scripted OpenAI-compatible server on its own thread, shared by the tests of one module."""
+    with ScriptedLLM() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

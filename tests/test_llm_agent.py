@@ -7,7 +7,6 @@ uses its own agent and model name, so the script and the history of one test nev
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,12 +43,6 @@ agents:
     api_base: {url}
     api_key_env: LLT_API_KEY
 """
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

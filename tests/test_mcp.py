@@ -48,12 +48,6 @@ agents:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def system(module_systems: Systems, llm: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -> SystemProcess:
     state = tmp_path_factory.mktemp("state")
     return module_systems.start(

@@ -7,7 +7,6 @@ conversations of different tests never meet.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
@@ -80,12 +79,6 @@ agents:
     api_key_env: LLT_API_KEY
     tools: [tools_mod:add, tools_mod:does_not_exist]
 """
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
