@@ -194,7 +194,7 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-# Automation (issue #4): live events, triggers, background runs, the systemd unit.
+# Automation: live events, triggers, background runs, the systemd unit.
 for _command in (watch, trigger, background, systemd_unit):
     main.add_command(_command)
 

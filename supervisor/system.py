@@ -63,19 +63,19 @@ class Supervisor:
         self._log_level = log_level
         self.log = logger.bind(agent="supervisor")
         self._spawner = Spawner(preload.modules(config.needs_llm, config.needs_mcp))
-        self._server = UnixServer(self.socket_path, self._on_message, on_close=self._on_peer_closed)
+        self._server = UnixServer(self.socket_path, self._on_message)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
         self.slots = {
             name: AgentSlot(
                 name,
                 self._spec_maker(name),
                 self._spawner,
-                self._emit,
+                self.emit,
                 heartbeat=(config.heartbeat_interval, config.heartbeat_timeout),
             )
             for name in config.agents
         }
-        self.router = Router(self.slots, config.max_hops, self._spawn_task, self._emit)
+        self.router = Router(self.slots, config.max_hops, self._spawn_task, self.emit)
         for name, agent in config.agents.items():
             for connection in agent.connections:
                 self.router.connect(route_from_config(name, connection, str(config.base_dir)))
@@ -90,11 +90,11 @@ class Supervisor:
         self._force = asyncio.Event()
         # Invariant: the request tasks of the root group that have not finished.
         self._requests: set[asyncio.Task[Any]] = set()
-        # The run history (issue #5): records finished runs in SQLite, answers `history`, seeds (re)started
+        # The run history: records finished runs in SQLite, answers `history`, seeds (re)started
         # agents (AgentSpec.history). The first service: started first, stopped last.
         self.history = HistoryService(self)
         self.services.append(self.history)
-        # Automation (issue #4): the event stream (`subscribe`), the triggers of every agent (one service per
+        # Automation: the event stream (`subscribe`), the triggers of every agent (one service per
         # kind in use; `trigger`/`triggers`) and background runs (`background_start`/`_stop`/`_list`).
         self.events = EventStream(self)
         self.triggers = Triggers(self)
@@ -105,16 +105,13 @@ class Supervisor:
         """Receive every event (agent state changes, finished runs, ...) as a dict with an `event` key."""
         self._listeners.append(listener)
 
-    def _emit(self, event: Message) -> None:
+    def emit(self, event: Message) -> None:
+        """Report an event (a dict with an `event` key) to every listener; a failing listener is logged."""
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 self.log.exception("event listener failed")
-
-    def emit(self, event: Message) -> None:
-        """Report an event (a dict with an `event` key) to every listener; for services."""
-        self._emit(event)
 
     @property
     def stopping(self) -> bool:
@@ -171,9 +168,6 @@ class Supervisor:
                 peer.close()
         else:
             self.control.handle(peer, message)
-
-    def _on_peer_closed(self, peer: Peer, exc: Exception | None) -> None:
-        pass
 
     def status(self) -> Message:
         return {
@@ -241,7 +235,7 @@ class Supervisor:
                     await self._shutdown(drain=False)
                     return
                 self._started.set_result(None)
-                self._emit(
+                self.emit(
                     {
                         "event": "system_ready",
                         "name": self.config.name,
@@ -255,7 +249,7 @@ class Supervisor:
             self._group = None
             await self._server.close()
             self._spawner.close()
-            self._emit({"event": "system_stopped", "name": self.config.name})
+            self.emit({"event": "system_stopped", "name": self.config.name})
 
     async def _start_all(self, group: asyncio.TaskGroup) -> None:
         model_starts = [group.create_task(model.start()) for model in self.models.values()]
@@ -289,7 +283,7 @@ class Supervisor:
 
     async def _shutdown(self, drain: bool) -> None:
         self.log.info("shutting down{}", "" if drain else " (no drain)")
-        self._emit({"event": "system_stopping", "name": self.config.name})
+        self.emit({"event": "system_stopping", "name": self.config.name})
         for service in reversed(self.services):
             try:
                 await service.stop()
