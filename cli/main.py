@@ -183,7 +183,8 @@ def validate(config: str) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"{config}: ok (system {system.name!r}, {len(system.agents)} agents)")
+    count = len(system.agents)
+    click.echo(f"{config}: ok (system {system.name!r}, {count} agent{'s' if count != 1 else ''})")
 
 
 @main.command()
