@@ -414,3 +414,28 @@ async def test_streamed_and_usage_through_litellm() -> None:
     # the conversation lives in the agent's process: the second request carries the first exchange
     assert [m["content"] for m in llm.requests[1]["messages"]] == ["one", "first answer", "two"]
     assert second.usage.prompt_tokens is not None
+
+
+async def test_agent_parallel_init_false_serialises_its_components(tmp_path: Path) -> None:
+    from tests.test_knowledge import DocServer
+
+    timings = {}
+    async with ScriptedLLM() as llm, DocServer(delay=0.5) as docs:
+        # Warm the forkserver (its litellm preload is paid once per process), so only the init is timed.
+        async with Agent(model="openai/test-model", api_base=llm.url, api_key_env="LLMLING_TEST_KEY"):
+            pass
+        for parallel in (True, False):
+            agent = Agent(
+                model="openai/test-model",
+                api_base=llm.url,
+                api_key_env="LLMLING_TEST_KEY",
+                knowledge={"urls": [f"{docs.url}/doc/{name}" for name in ("a", "b", "c")]},
+                parallel_init=parallel,
+            )
+            started = time.perf_counter()
+            async with agent:
+                timings[parallel] = time.perf_counter() - started
+                assert (await agent.run("hi")).content == "echo: hi"
+    # Three sources of 0.5 s each: about 0.5 s together, about 1.5 s one after another.
+    assert timings[True] < 1.3, timings
+    assert timings[False] >= 1.5, timings
