@@ -311,6 +311,9 @@ class SystemConfig(_Strict):
     agents: dict[str, AgentConfig]
     max_hops: int = Field(16, ge=1, description="a routed message chain ends after this many hops")
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds in-flight runs get to finish on shutdown")
+    start_timeout: float = Field(
+        120.0, gt=0, description="seconds an agent process gets from its spawn to READY before it is restarted"
+    )
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between pings of each agent's event loop")
     heartbeat_timeout: float = Field(
         10.0, gt=0, description="an agent whose loop does not answer a ping in this many seconds is restarted"

@@ -44,10 +44,13 @@ class AgentSlot:
         spawner: Spawner,
         on_event: OnEvent,
         heartbeat: tuple[float, float] = (5.0, 10.0),
+        start_timeout: float = 120.0,
     ) -> None:
         self.name = name
         # (interval, timeout) of the pings that check the agent's own event loop.
         self._heartbeat_interval, self._heartbeat_timeout = heartbeat
+        # Seconds from spawn to READY; an agent that takes longer (a hung init) is ended and retried.
+        self._start_timeout = start_timeout
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
@@ -156,9 +159,13 @@ class AgentSlot:
         self.pid = child.pid
         exited = child.exited
         try:
-            peer = await _first(self._hello, exited, "exited before connecting")
-            self.peer = peer
-            await _first(self._init_result, exited, "exited during its init")
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    peer = await _first(self._hello, exited, "exited before connecting")
+                    self.peer = peer
+                    await _first(self._init_result, exited, "exited during its init")
+            except TimeoutError:
+                raise StartupError(f"not ready within start_timeout={self._start_timeout:g} s") from None
             self._ready.set()
             self._set_state("ready")
             if not self.started.done():

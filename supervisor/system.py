@@ -72,6 +72,7 @@ class Supervisor:
                 self._spawner,
                 self.emit,
                 heartbeat=(config.heartbeat_interval, config.heartbeat_timeout),
+                start_timeout=config.start_timeout,
             )
             for name in config.agents
         }

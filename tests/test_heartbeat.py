@@ -44,3 +44,34 @@ def test_a_blocked_agent_loop_is_detected_and_replaced(systems: Systems) -> None
     assert after["stuck"]["pid"] != before["stuck"]["pid"]
     assert after["fine"]["pid"] == before["fine"]["pid"]  # the other agent was not touched
     assert system.cli("send", "fine", "still here").stdout.strip() == "echo: still here"
+
+
+HANGING = """
+import time
+
+time.sleep(600)  # an init that never ends
+
+
+def reply(prompt):
+    return prompt
+"""
+
+
+def test_an_agent_that_never_gets_ready_is_ended_and_reported(systems: Systems) -> None:
+    system = systems.start(
+        """
+        start_timeout: 1.0
+        agents:
+          hung: {callback: "hanging:reply"}
+          fine: {callback: "cb:echo"}
+        """,
+        modules={"hanging": HANGING},
+        until=lambda status: any(agent["state"] == "failed" for agent in status["agents"]),
+    )
+    agents = {agent["name"]: agent for agent in system.status()["agents"]}
+    assert agents["hung"]["state"] == "failed"
+    assert "start_timeout" in agents["hung"]["error"]
+    assert agents["fine"]["state"] == "ready"
+    failed = system.cli("send", "hung", "hi")
+    assert failed.returncode == 1
+    assert "start_timeout" in failed.stderr
