@@ -20,8 +20,8 @@ from llmling.ipc.peer import new_id
 from llmling.supervisor.router import Trace
 
 if TYPE_CHECKING:
+    from llmling.config.triggers import FileTrigger, TimeTrigger, WebhookTrigger
     from llmling.supervisor.system import Supervisor
-    from llmling.trigger_config import FileTrigger, TimeTrigger, WebhookTrigger
 
 Message = dict[str, Any]
 # Settled agent states in which an agent cannot take a run. `starting`/`restarting` are transitions: an

@@ -11,8 +11,9 @@ import re
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from llmling.config.base import Strict
 from llmling.cron import CronError, validate
 from llmling.names import check_name
 
@@ -43,9 +44,7 @@ def check_template(template: str, kind: str) -> str:
     return template
 
 
-class _Trigger(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Trigger(Strict):
     name: str = Field(description="unique among the agent's triggers; `llmling trigger enable AGENT NAME`")
     enabled: bool = Field(True, description="a disabled trigger stays configured but does not fire")
     template: str | None = Field(None, description="str.format template of the prompt (fields: see the docs)")
@@ -128,10 +127,8 @@ class TimeTrigger(_Trigger):
 TriggerConfig = Annotated[FileTrigger | WebhookTrigger | TimeTrigger, Field(discriminator="type")]
 
 
-class BackgroundConfig(BaseModel):
+class BackgroundConfig(Strict):
     """Runs of one prompt repeated by the supervisor: the first at once, then one every `interval` seconds."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1)
     interval: float = Field(gt=0, description="seconds between the starts of two runs")
