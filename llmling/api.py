@@ -138,7 +138,9 @@ class Agent(Generic[TDeps]):
             agent = AgentConfig.model_validate({**agent_config, "parallel_init": parallel_init})
             base = None
         system_name = f"{self.name}-agent{next(_standalone_ids)}"
-        self._standalone = SystemConfig(name=system_name, agents={self.name: agent}, source=base)
+        self._standalone: SystemConfig | None = SystemConfig(
+            name=system_name, agents={self.name: agent}, source=base
+        )
 
     @classmethod
     def _bound(cls, pool: AgentPool[TDeps], name: str) -> Agent[TDeps]:

@@ -73,8 +73,10 @@ def llm() -> Iterator[ScriptedLLM]:
 
 @pytest.fixture(autouse=True)
 def _private_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process systems (AgentPool, Agent) write their history under a test's own state directory."""
+    """In-process systems (AgentPool, Agent) keep their history and sockets in the test's own directories,
+    never in the user's (where `llmling send` would find them)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_tempdir()))
 
 
 @pytest.fixture(autouse=True)
