@@ -11,7 +11,7 @@ HEADER = struct.Struct("!I")
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_loads = json.loads
+_decode = json.JSONDecoder().decode
 
 Message = dict[str, Any]
 
@@ -51,7 +51,7 @@ class FrameDecoder:
             if end > size:
                 break
             try:
-                message = _loads(bytes(buffer[offset + HEADER.size : end]))
+                message = _decode(buffer[offset + HEADER.size : end].decode())
             except (UnicodeDecodeError, ValueError) as exc:
                 raise FrameError(f"frame is not valid JSON: {exc}") from None
             if not isinstance(message, dict):

@@ -233,7 +233,7 @@ class HistoryService:
                 _int(usage.get("total_tokens")),
                 _float(usage.get("cost")),
                 _float(event.get("elapsed")),
-                json.dumps(usage, default=str),
+                usage,  # serialised in flush(), off the run's path
             )
         )
         totals = self._totals.setdefault(agent, _zero())
@@ -264,7 +264,7 @@ class HistoryService:
         if self._broken:
             return
         try:
-            self.store.write(rows)
+            self.store.write([(*row[:-1], json.dumps(row[-1], default=str)) for row in rows])
         except (sqlite3.Error, OSError) as exc:
             self._broken = True
             self.log.error(
