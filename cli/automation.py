@@ -7,24 +7,9 @@ from typing import Any
 
 import click
 
-from llmling.ipc.paths import SOCKET_ENV
+from llmling.cli.target import request, with_system
 
 Message = dict[str, Any]
-
-
-def _system_options(function: Any) -> Any:
-    function = click.option("--socket", "socket_", envvar=SOCKET_ENV, help="control socket path")(function)
-    return click.option("--name", "-n", help="system name (default: the only system running)")(function)
-
-
-def _request(name: str | None, socket_: str | None, message: Message) -> Message:
-    from llmling.cli.main import connect, fail_on_error
-
-    with connect(name, socket_, timeout=30.0) as client:
-        try:
-            return fail_on_error(client.request(message))
-        except ConnectionError as exc:
-            raise click.ClickException(f"lost the system: {exc}") from None
 
 
 # -- triggers -------------------------------------------------------------------------------------------------
@@ -34,7 +19,7 @@ def trigger() -> None:
 
 
 def _set_trigger(agent: str, trigger_name: str, name: str | None, socket_: str | None, enabled: bool) -> None:
-    reply = _request(name, socket_, {"t": "trigger", "agent": agent, "name": trigger_name, "enabled": enabled})
+    reply = request(name, socket_, {"t": "trigger", "agent": agent, "name": trigger_name, "enabled": enabled})
     info = reply["trigger"]
     click.echo(f"{info['agent']}/{info['name']} ({info['type']}): {'enabled' if info['enabled'] else 'disabled'}")
 
@@ -42,7 +27,7 @@ def _set_trigger(agent: str, trigger_name: str, name: str | None, socket_: str |
 @trigger.command("enable")
 @click.argument("agent")
 @click.argument("trigger_name", metavar="NAME")
-@_system_options
+@with_system
 def trigger_enable(agent: str, trigger_name: str, name: str | None, socket_: str | None) -> None:
     """Turn AGENT's trigger NAME on."""
     _set_trigger(agent, trigger_name, name, socket_, True)
@@ -51,18 +36,18 @@ def trigger_enable(agent: str, trigger_name: str, name: str | None, socket_: str
 @trigger.command("disable")
 @click.argument("agent")
 @click.argument("trigger_name", metavar="NAME")
-@_system_options
+@with_system
 def trigger_disable(agent: str, trigger_name: str, name: str | None, socket_: str | None) -> None:
     """Turn AGENT's trigger NAME off (it stays configured; `enable` turns it back on)."""
     _set_trigger(agent, trigger_name, name, socket_, False)
 
 
 @trigger.command("list")
-@_system_options
+@with_system
 @click.option("--json", "as_json", is_flag=True, help="print the triggers as JSON")
 def trigger_list(name: str | None, socket_: str | None, as_json: bool) -> None:
     """Show every trigger: its state and how often it fired."""
-    triggers = _request(name, socket_, {"t": "triggers"})["triggers"]
+    triggers = request(name, socket_, {"t": "triggers"})["triggers"]
     if as_json:
         click.echo(json.dumps(triggers))
         return
@@ -86,7 +71,7 @@ def background() -> None:
 @click.argument("prompt")
 @click.option("--interval", "-i", type=float, required=True, help="seconds between the starts of two runs")
 @click.option("--max-count", type=click.IntRange(min=1), help="stop after this many runs")
-@_system_options
+@with_system
 def background_start(
     agent: str, prompt: str, interval: float, max_count: int | None, name: str | None, socket_: str | None
 ) -> None:
@@ -94,7 +79,7 @@ def background_start(
     message: Message = {"t": "background_start", "agent": agent, "prompt": prompt, "interval": interval}
     if max_count is not None:
         message["max_count"] = max_count
-    reply = _request(name, socket_, message)
+    reply = request(name, socket_, message)
     limit = f", {max_count} runs at most" if max_count else ""
     note = " (replaced the previous one)" if reply.get("replaced") else ""
     click.echo(f"{agent}: background runs every {interval:g} s{limit}{note}")
@@ -102,10 +87,10 @@ def background_start(
 
 @background.command("stop")
 @click.argument("agent")
-@_system_options
+@with_system
 def background_stop(agent: str, name: str | None, socket_: str | None) -> None:
     """Stop AGENT's background runs (a run in flight still finishes)."""
-    reply = _request(name, socket_, {"t": "background_stop", "agent": agent})
+    reply = request(name, socket_, {"t": "background_stop", "agent": agent})
     job = reply.get("job")
     if not reply.get("stopped") or job is None:
         click.echo(f"{agent}: no background runs")
@@ -114,11 +99,11 @@ def background_stop(agent: str, name: str | None, socket_: str | None) -> None:
 
 
 @background.command("list")
-@_system_options
+@with_system
 @click.option("--json", "as_json", is_flag=True, help="print the jobs as JSON")
 def background_list(name: str | None, socket_: str | None, as_json: bool) -> None:
     """Show the background runs of every agent."""
-    jobs = _request(name, socket_, {"t": "background_list"})["jobs"]
+    jobs = request(name, socket_, {"t": "background_list"})["jobs"]
     if as_json:
         click.echo(json.dumps(jobs))
         return

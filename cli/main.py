@@ -11,38 +11,10 @@ import click
 
 from llmling.cli.automation import background, trigger
 from llmling.cli.systemd import systemd_unit
-from llmling.cli.target import resolve
+from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
-from llmling.ipc.client import Client, NotRunning
 
 Message = dict[str, Any]
-
-system_options = [
-    click.option("--name", "-n", help="system name (default: the only system running)"),
-    click.option("--socket", "socket_", envvar="LLMLING_SOCKET", help="control socket path"),
-]
-
-
-def with_system(function: Any) -> Any:
-    for option in reversed(system_options):
-        function = option(function)
-    return function
-
-
-def connect(name: str | None, socket_: str | None, timeout: float | None = None) -> Client:
-    path = resolve(name, socket_)
-    try:
-        return Client(path, timeout)
-    except NotRunning as exc:
-        raise click.ClickException(str(exc)) from None
-    except PermissionError:
-        raise click.ClickException(f"permission denied on {path}") from None
-
-
-def fail_on_error(reply: Message) -> Message:
-    if reply.get("t") == "error":
-        raise click.ClickException(str(reply.get("error")))
-    return reply
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,8 +78,7 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
 def status(name: str | None, socket_: str | None, as_json: bool) -> None:
     """Show the supervisor and one line per agent process."""
-    with connect(name, socket_) as client:
-        reply = fail_on_error(client.request({"t": "status"}))
+    reply = request(name, socket_, {"t": "status"})
     totals = reply.get("totals") or {}
     if as_json:
         out = {
@@ -143,8 +114,7 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","path","runs":[...],"totals"} as JSON')
 def history(agent: str, name: str | None, socket_: str | None, limit: int, as_json: bool) -> None:
     """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals."""
-    with connect(name, socket_) as client:
-        reply = fail_on_error(client.request({"t": "history", "agent": agent, "limit": limit}))
+    reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
     if as_json:
         reply.pop("t", None)
         reply.pop("re", None)
