@@ -9,7 +9,6 @@ from llmling.agent_proc.reply import OnText, Reply
 from llmling.agent_proc.tool_loop import Round, ToolCallAccumulator, run_tool_loop
 from llmling.agent_proc.tools import ToolBox
 
-LOCAL_PREFIX = "local/"
 # Any non-empty key: the embedded model's server accepts every key.
 _LOCAL_KEY = "sk-llmling-local"
 
@@ -23,17 +22,18 @@ def warm() -> None:
 
 
 def call_arguments(config: dict[str, Any], api_base: str | None) -> dict[str, Any]:
-    """The keyword arguments of `litellm.acompletion` for this agent, without messages."""
-    model: str = config["model"]
+    """The keyword arguments of `litellm.acompletion` for this agent, without messages.
+
+    `api_base` is given by the supervisor for a model it serves itself (the embedded model); the config's
+    `model` is then already the litellm model string for that server.
+    """
     arguments: dict[str, Any] = {k: v for k, v in config.get("model_settings", {}).items() if v is not None}
-    if model.startswith(LOCAL_PREFIX):
-        arguments["model"] = "openai/" + model[len(LOCAL_PREFIX) :]
+    arguments["model"] = config["model"]
+    if api_base:
         arguments["api_base"] = api_base
         arguments["api_key"] = _LOCAL_KEY
-    else:
-        arguments["model"] = model
-        if config.get("api_base"):
-            arguments["api_base"] = config["api_base"]
+    elif config.get("api_base"):
+        arguments["api_base"] = config["api_base"]
     key_env = config.get("api_key_env")
     if key_env:
         arguments["api_key"] = os.environ.get(key_env, "")

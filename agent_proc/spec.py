@@ -16,7 +16,8 @@ class AgentSpec:
     token: str
     # The config file's folder: importable for callbacks and tools.
     base_dir: str
-    # Set by the supervisor for `local/<name>` models: where the embedded model serves.
+    # Set by the supervisor for `local/<name>` models: where the embedded model serves (`config["model"]` is then
+    # the litellm model string for that server).
     api_base: str | None = None
     log_level: str = "INFO"
     env: dict[str, str] = field(default_factory=dict)

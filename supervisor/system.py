@@ -127,11 +127,9 @@ class Supervisor:
         return self._group.create_task(coro, name=name)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run a request (a client's send, a downstream run) as a task of the root group."""
-        if self._group is None:
-            coro.close()
-            raise RuntimeError("the supervisor is not running")
-        task = self._group.create_task(coro)
+        """Run a request (a client's send, a downstream run) as a task of the root group; the shutdown
+        cancels the ones still running after the drain."""
+        task = self.spawn_service_task(coro)
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
         return task
@@ -141,9 +139,12 @@ class Supervisor:
 
         def make(token: str) -> AgentSpec:
             local = agent.local_model
+            config = agent.model_dump()
+            if local:  # served here: the agent talks to the model service as to any OpenAI-compatible server
+                config["model"] = f"openai/{local}"
             return AgentSpec(
                 name=name,
-                config=agent.model_dump(),
+                config=config,
                 socket_path=str(self.socket_path),
                 token=token,
                 base_dir=str(self.config.base_dir),
