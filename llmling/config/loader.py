@@ -1,5 +1,6 @@
 """Reading a config file: YAML with `${VAR}` interpolation, validated by the schema; every error names
-`file:line` and the key path."""
+`file:line` and the key path. The YAML itself is read under the limits of `safe_yaml` (size, nesting,
+aliases, duplicate keys)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from llmling.config.safe_yaml import (
+    MAX_CONFIG_BYTES,
+    YamlProblem,
+    compose,
+    construct,
+    decode_config,
+    duplicate_keys,
+    yaml_line,
+)
 from llmling.config.schema import SystemConfig
 from llmling.config.triggers import webhook_conflicts
 from llmling.errors import ConfigError
@@ -21,16 +31,25 @@ Loc = tuple[str | int, ...]
 
 
 class _Located:
-    """Maps key paths of a YAML document to their line numbers."""
+    """Maps key paths of a YAML document to their line numbers. Raises ConfigError for a key repeated in one
+    mapping (a second `agents:`, two agents of one name): YAML would silently keep the last one."""
 
-    def __init__(self, root: yaml.Node | None) -> None:
+    def __init__(self, root: yaml.Node | None, file: str) -> None:
         self.lines: dict[Loc, int] = {}
+        self._file = file
         if root is not None:
             self._walk(root, ())
 
     def _walk(self, node: yaml.Node, loc: Loc) -> None:
         self.lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            repeated = duplicate_keys(node)
+            if repeated is not None:
+                key, first = repeated
+                raise ConfigError(
+                    f"{self._file}:{key.start_mark.line + 1}: {_dotted((*loc, key.value))}: "
+                    f"duplicate key {key.value!r} (first at line {first})"
+                )
             for key, value in node.value:
                 child = (*loc, key.value)
                 self.lines[child] = key.start_mark.line + 1
@@ -101,14 +120,19 @@ def _first_error(exc: ValidationError, where: _Located, file: str) -> ConfigErro
 def parse_config(text: str, file: str = "<config>", default_name: str = "llmling") -> SystemConfig:
     """Validate a YAML document. Raises ConfigError naming `file:line` and the key path."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, loader = compose(text)
+        where = _Located(root, file)
+        data = construct(root, loader)
+    except YamlProblem as exc:
+        raise ConfigError(f"{file}:{exc.line}: invalid YAML: {exc.message}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{file}:{line}: invalid YAML: {exc.reason} #x{exc.character:04x}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{file}:{line}: invalid YAML: {problem}") from None
-    where = _Located(root)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{file}:{yaml_line(exc)}: invalid YAML: {problem}") from None
+    except RecursionError:  # not reachable under MAX_DEPTH; a last guard so no traceback reaches the user
+        raise ConfigError(f"{file}:1: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}:1: the config must be a mapping with an 'agents' key")
     if "source" in data:
@@ -134,9 +158,14 @@ def load_config(path: str | os.PathLike[str]) -> SystemConfig:
     """Read and validate a config file. Raises ConfigError (also for a missing or unreadable file)."""
     file = Path(path)
     try:
-        text = file.read_text()
+        with file.open("rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from None
+        raise ConfigError(f"{file}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        text = decode_config(data)
+    except YamlProblem as exc:
+        raise ConfigError(f"{file}:{exc.line}: cannot read config: {exc.message}") from None
     config = parse_config(text, str(file), default_name=file.stem)
     config.source = file.resolve()
     return config
