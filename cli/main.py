@@ -13,6 +13,7 @@ from llmling.cli.automation import background, trigger
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
+from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 
 Message = dict[str, Any]
 
@@ -45,6 +46,10 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
     """Send TEXT (or - for stdin) to AGENT and print the reply."""
     if text == "-":
         text = sys.stdin.read()
+    try:
+        check_prompt_size(text)
+    except PromptTooLarge as exc:
+        raise click.ClickException(str(exc)) from None
     stream = not as_json
     request = {"t": "send", "agent": agent, "prompt": text, "stream": stream, "wait": wait}
     streamed = False

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, Message, encode
+from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, FrameError, Message, encode
 
 
 class NotRunning(ConnectionError):
@@ -46,12 +46,15 @@ class Client:
         return message_id
 
     def receive(self) -> Message:
-        """The next frame; raises ConnectionError when the server closed the connection."""
+        """The next frame; raises ConnectionError when the server closed the connection or sent a bad frame."""
         while not self._queue:
             data = self._sock.recv(1 << 16)
             if not data:
                 raise ConnectionError("the server closed the connection")
-            self._queue.extend(self._decoder.feed(data))
+            try:
+                self._queue.extend(self._decoder.feed(data))
+            except FrameError as exc:
+                raise ConnectionError(f"the server sent an invalid frame: {exc}") from None
         return self._queue.pop(0)
 
     def stream(self, message: Message) -> Iterator[Message]:

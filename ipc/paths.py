@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
+import stat
 from pathlib import Path
 
 SOCKET_ENV = "LLMLING_SOCKET"
@@ -43,18 +45,37 @@ def check_length(path: Path) -> None:
         raise ValueError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}")
 
 
+def _owner(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def prepare_dir(socket: Path) -> None:
     """Create the socket's directory (0700 for every level we create).
 
-    The default runtime directory is ours alone: it must belong to us and is tightened to 0700. A directory
-    named by an override is the user's choice and is left as it is; the socket itself is always 0600.
+    The default runtime directory is ours alone: it must be a real directory (not a symlink) that belongs to us,
+    and is tightened to 0700. A directory named by an override is the user's choice and is left as it is; the
+    socket itself is always 0600. Raises PermissionError naming the path, its owner and its mode.
     """
     directory = socket.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PermissionError(f"runtime dir {directory} exists and is not a directory") from None
+    except PermissionError:
+        raise PermissionError(f"cannot create runtime dir {directory}: permission denied") from None
     if directory != runtime_dir():
         return
-    st = directory.stat()
+    st = directory.lstat()
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionError(f"runtime dir {directory} is a symlink (owned by {_owner(st.st_uid)}); remove it")
     if st.st_uid != os.getuid():
-        raise PermissionError(f"{directory} belongs to uid {st.st_uid}, not to us")
-    if st.st_mode & 0o077:
+        raise PermissionError(
+            f"runtime dir {directory} belongs to {_owner(st.st_uid)} (mode {mode:04o}), "
+            f"not to {_owner(os.getuid())}; remove it, or choose another with XDG_RUNTIME_DIR or --socket"
+        )
+    if mode & 0o077:
         os.chmod(directory, 0o700)

@@ -15,10 +15,15 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from llmling.ipc.frames import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message, encode
+from loguru import logger
+
+from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, FrameError, FrameTooLarge, Message, encode
 
 OnMessage = Callable[["Peer", Message], None]
 OnChunk = Callable[[Message], None]
+
+# Seconds a connection closed after an error frame gets to take it before it is aborted.
+CLOSE_GRACE = 2.0
 
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
@@ -61,13 +66,15 @@ class _Pending:
 class Peer(asyncio.Protocol):
     """A framed, request-correlating connection. The owner decides what messages mean.
 
-    Invariant: only `send` writes to the transport, one whole frame per call, so frames never interleave.
+    Invariant: only `send` writes to the transport, one whole frame per call, so frames never interleave; and no
+    frame larger than `max_frame` is written (a reply that would be is replaced by an `error` reply).
     """
 
     __slots__ = (
         "_closed",
         "_decoder",
         "_drain_waiter",
+        "_max_frame",
         "_on_close",
         "_on_message",
         "_paused",
@@ -86,6 +93,7 @@ class Peer(asyncio.Protocol):
         self._on_message = on_message
         self._on_close = on_close
         self._decoder = FrameDecoder(max_frame)
+        self._max_frame = max_frame
         self._pending: dict[str, _Pending] = {}
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -112,18 +120,35 @@ class Peer(asyncio.Protocol):
             self.abort(exc)
             return
         for message in messages:
-            reply_to = message.get("re")
-            if reply_to is not None:
-                pending = self._pending.get(reply_to)
-                if pending is not None:
-                    if message.get("t") == "chunk" and pending.on_chunk is not None:
-                        pending.on_chunk(message)
-                        continue
-                    del self._pending[reply_to]
-                    if not pending.future.done():
-                        pending.future.set_result(message)
-                    continue
-            self._on_message(self, message)
+            if not self.is_open or not self.admit(message):
+                return
+            try:
+                self._dispatch(message)
+            except Exception as exc:  # a bug in the owner: this connection ends, the process goes on
+                logger.bind(agent="ipc").opt(exception=exc).error(
+                    "failed to handle a {!r} frame", message.get("t")
+                )
+                self.send({"t": "error", "error": f"internal error: {type(exc).__name__}"})
+                self.abort(exc)
+                return
+
+    def admit(self, message: Message) -> bool:
+        """Whether `message` may be handled; a subclass that says no closes the connection itself."""
+        return True
+
+    def _dispatch(self, message: Message) -> None:
+        reply_to = message.get("re")
+        if reply_to is not None:
+            pending = self._pending.get(reply_to)
+            if pending is not None:
+                if message.get("t") == "chunk" and pending.on_chunk is not None:
+                    pending.on_chunk(message)
+                    return
+                del self._pending[reply_to]
+                if not pending.future.done():
+                    pending.future.set_result(message)
+                return
+        self._on_message(self, message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -154,9 +179,23 @@ class Peer(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def send(self, message: Message) -> None:
-        """Queue one frame. Silently dropped once the connection is closing."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(message))
+        """Queue one frame. Silently dropped once the connection is closing.
+
+        A frame over `max_frame` is never written: a reply (it has `re`) is replaced by an `error` reply naming the
+        size, so the request fails cleanly at the other end; any other frame raises FrameTooLarge.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return
+        frame = encode(message)
+        size = len(frame) - HEADER.size
+        if size > self._max_frame:
+            reply_to = message.get("re")
+            if not isinstance(reply_to, str):
+                raise FrameTooLarge(size, self._max_frame)
+            error = f"reply too large: {size} bytes, limit {self._max_frame}"
+            logger.bind(agent="ipc").warning("{} (a {!r} frame); sent an error instead", error, message.get("t"))
+            frame = encode({"t": "error", "re": reply_to, "error": error, "kind": "error"})
+        self.transport.write(frame)
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""
@@ -198,6 +237,13 @@ class Peer(asyncio.Protocol):
     def abort(self, exc: Exception | None = None) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def close_with_error(self, error: str) -> None:
+        """Send one `error` frame, then close; a peer that does not take it within CLOSE_GRACE s is aborted."""
+        self.send({"t": "error", "error": error})
+        self.close()
+        if self.transport is not None:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, self.abort)
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from llmling.errors import AgentRunError, LLMlingError
+from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 from llmling.ipc.peer import Peer
 from llmling.supervisor.router import Router
 
@@ -78,6 +79,10 @@ class Control:
     def _send(self, peer: Peer, message: Message) -> None:
         agent = field(message, "agent", str)
         prompt = field(message, "prompt", str)
+        try:
+            check_prompt_size(prompt)  # refused here, before a run exists: it could never reach the agent
+        except PromptTooLarge as exc:
+            raise BadRequest(str(exc)) from None
         if not self._router.accepting:
             raise BadRequest("the system is shutting down")
         self._router.slot(agent)

@@ -18,6 +18,7 @@ from typing import Any
 from loguru import logger
 
 from llmling.errors import AgentRunError, UnknownAgentError
+from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 from llmling.ipc.peer import OnChunk, new_id
 from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
@@ -158,6 +159,10 @@ class Router:
         started = time.perf_counter()
         self._on_event({"event": "run_started", "agent": slot.name, "id": run_id, "trace_id": trace.id})
         try:
+            try:
+                check_prompt_size(prompt)  # every source: clients, triggers, the Python API, forwarded replies
+            except PromptTooLarge as exc:
+                raise AgentRunError(slot.name, str(exc)) from None
             reply = await slot.submit(message, on_chunk)
             result = {
                 "agent": slot.name,

@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 
 from llmling.agent_proc.main import run as agent_entry
 from llmling.agent_proc.spec import AgentSpec
+from llmling.ipc.fdbudget import fd_budget
 
 # The forkserver is one per process (the standard library's), shared by every system in it.
 # Invariant: _users counts the started, not yet closed Spawners; _preloaded is what the running forkserver
@@ -67,6 +68,7 @@ class Spawner:
         self._started = True
 
     async def spawn(self, spec: AgentSpec) -> BaseProcess:
+        fd_budget().check_spawn()  # out of descriptors: fail this start (retried), never the forkserver
         process = self._context.Process(target=agent_entry, args=(spec,), name=f"llmling-agent-{spec.name}")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmling-spawn")

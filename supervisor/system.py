@@ -20,9 +20,10 @@ from llmling.agent_proc import preload
 from llmling.agent_proc.spec import AgentSpec
 from llmling.config import SystemConfig
 from llmling.errors import StartupError, StartupInterrupted
+from llmling.ipc.fdbudget import fd_budget, raise_nofile_limit
 from llmling.ipc.paths import socket_path
 from llmling.ipc.peer import Peer
-from llmling.ipc.server import AlreadyRunning, UnixServer
+from llmling.ipc.server import ListenError, UnixServer
 from llmling.supervisor.background import BackgroundRuns
 from llmling.supervisor.control import Control
 from llmling.supervisor.events import EventStream
@@ -63,7 +64,9 @@ class Supervisor:
         self._log_level = log_level
         self.log = logger.bind(agent="supervisor")
         self._spawner = Spawner(preload.modules(config.needs_llm, config.needs_mcp))
-        self._server = UnixServer(self.socket_path, self._on_message)
+        # Agents' connections are exempt from the client limits: over the client cap, a connection whose first
+        # frame is an agent's hello may stay; once authenticated it is trusted (see _on_message).
+        self._server = UnixServer(self.socket_path, self._on_message, exempt=_is_agent_hello)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
         self.slots = {
             name: AgentSlot(
@@ -164,6 +167,7 @@ class Supervisor:
         elif message.get("t") == "hello" and message.get("role") == "agent":
             slot = self.slots.get(str(message.get("agent")))
             if slot is not None and slot.authenticate(peer, str(message.get("token", ""))):
+                self._server.trust(peer)
                 peer.reply(message, {"t": "ok"})
             else:
                 peer.reply(message, {"t": "error", "error": "authentication failed"})
@@ -221,12 +225,15 @@ class Supervisor:
 
     async def _run(self) -> None:
         assert self._started is not None
+        raise_nofile_limit()  # before the forkserver starts: it and the agents inherit the limit
         self._spawner.start()  # before any thread: the spawner's worker thread comes later
         try:
             await self._server.start()
-        except AlreadyRunning as exc:
+        except ListenError as exc:
+            self._spawner.close()
             self._started.set_exception(StartupError(str(exc)))
             return
+        fd_budget().agents += len(self.slots)  # descriptors kept free for spawning and serving our agents
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -248,6 +255,7 @@ class Supervisor:
                 await self._stop_requested.wait()
                 await self._shutdown(drain=not self._force.is_set())
         finally:
+            fd_budget().agents -= len(self.slots)
             self._group = None
             await self._server.close()
             self._spawner.close()
@@ -314,6 +322,10 @@ class Supervisor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(force=exc[0] is not None)
+
+
+def _is_agent_hello(message: Message) -> bool:
+    return message.get("t") == "hello" and message.get("role") == "agent"
 
 
 __all__ = ["Supervisor"]
