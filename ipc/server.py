@@ -2,8 +2,12 @@
 
 Limits (see docs/ARCHITECTURE.md, "Limits at the boundaries"):
 - accepting stops while the process's descriptor budget is used up (`fdbudget`), and resumes when it frees up;
-- at most `max_clients` connections that are not trusted (a connection over the cap may only send a first frame
-  the owner exempts, e.g. an agent's `hello`; anything else gets one `error` frame and is closed);
+  meanwhile the oldest connections that have not sent a complete frame for `EVICT_AFTER` s are closed to make
+  room, so that a flood of idle connections cannot keep an agent (re)connecting, or a CLI client, out until their
+  idle timeouts end;
+- at most `max_clients` connections that are not trusted, counted from their first frame (a connection whose
+  first frame comes when the cap is reached stays only if the owner exempts that frame, e.g. an agent's `hello`;
+  otherwise it gets one `error` frame and is closed);
 - a connection must complete a frame within `idle_timeout` seconds of starting it (the first one: of connecting);
 - a client's unsent replies above the transport's high-water mark pause reading from it; above
   `max_write_buffer` bytes it is dropped.
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from llmling.ipc.fdbudget import fd_budget
+from llmling.ipc.fdbudget import fd_budget, nofile_limit
 from llmling.ipc.frames import DEFAULT_MAX_FRAME, Message, encode
 from llmling.ipc.paths import check_length, is_live, prepare_dir
 from llmling.ipc.peer import OnMessage, Peer
@@ -35,6 +39,11 @@ MAX_WRITE_BUFFER = 2 * DEFAULT_MAX_FRAME
 ACCEPT_BATCH = 64
 # Seconds between looks at the descriptor budget while accepting is paused.
 BUDGET_RECHECK = 0.25
+# Out of descriptors: connections without a complete frame for this long may be closed to make room, this many
+# per look, the next look after EVICT_RECHECK s (their descriptors are released by then).
+EVICT_AFTER = 1.0
+EVICT_BATCH = 8
+EVICT_RECHECK = 0.05
 
 _log = logger.bind(agent="ipc")
 
@@ -89,14 +98,19 @@ class UnixServer:
         self.peers: set[Peer] = set()
         # Invariant: the peers of `peers` that are trusted (exempt from the client limits).
         self.trusted: set[Peer] = set()
+        # Invariant: the peers of `peers` that have not sent a complete frame, oldest first.
+        self._unclassified: dict[_ServerPeer, None] = {}
+        # Invariant: True from the moment the descriptor budget ran out until accepting resumed with room.
+        self._short_of_fds = False
         # Counters for status and tests: connections refused for each reason since start.
-        self.refused = {"over_cap": 0, "idle": 0, "write_buffer": 0}
+        self.refused = {"over_cap": 0, "idle": 0, "write_buffer": 0, "evicted": 0}
         self.paused_for_fds = 0
 
     @property
     def clients(self) -> int:
-        """Connections subject to the client limits."""
-        return len(self.peers) - len(self.trusted)
+        """Connections counted against the cap: not trusted, and past their first frame (the ones that have not
+        sent one are bounded by the idle timeout and, when descriptors run short, evicted)."""
+        return len(self.peers) - len(self.trusted) - len(self._unclassified)
 
     async def start(self) -> None:
         """Bind and listen. Raises AlreadyRunning when a live server holds the path, ListenError when its directory
@@ -134,26 +148,41 @@ class UnixServer:
             asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept_some)
             self._accepting = True
 
-    def _pause(self, why: str) -> None:
-        """Stop accepting until the descriptor budget frees up; connections wait in the kernel's backlog."""
+    def _pause(self, delay: float) -> None:
+        """Stop accepting for `delay` s; pending connections wait in the kernel's backlog."""
         loop = asyncio.get_running_loop()
         if self._accepting and self._sock is not None:
             loop.remove_reader(self._sock.fileno())
             self._accepting = False
+        if self._recheck is None:
+            self._recheck = loop.call_later(delay, self._resume_if_possible)
+
+    def _short(self, why: str) -> None:
+        """Out of descriptors: close a few connections that never sent a frame, pause, look again."""
+        if not self._short_of_fds:
+            self._short_of_fds = True
             self.paused_for_fds += 1
             _log.warning("{}: not accepting connections for now: {}", self.path.name, why)
-        if self._recheck is None:
-            self._recheck = loop.call_later(BUDGET_RECHECK, self._resume_if_possible)
+        evicted = self._evict_idle()
+        self._pause(EVICT_RECHECK if evicted else BUDGET_RECHECK)
+
+    def _evict_idle(self) -> int:
+        deadline = asyncio.get_running_loop().time() - EVICT_AFTER
+        evicted = 0
+        for peer in list(self._unclassified):
+            if evicted == EVICT_BATCH or peer.connected_at > deadline:
+                break
+            self._unclassified.pop(peer, None)
+            self.refused["evicted"] += 1
+            peer.send({"t": "error", "error": "server busy: too many connections"})
+            peer.abort()
+            evicted += 1
+        return evicted
 
     def _resume_if_possible(self) -> None:
         self._recheck = None
         if self._sock is None or self._accepting:
             return
-        budget = fd_budget()
-        if budget.exhausted():
-            self._pause(f"descriptor budget used up (reserve {budget.reserve})")
-            return
-        _log.info("{}: accepting connections again", self.path.name)
         self._listen()
         self._accept_some()
 
@@ -163,15 +192,18 @@ class UnixServer:
         budget = fd_budget()
         headroom = budget.headroom()
         if headroom <= 0:
-            self._pause(f"descriptor budget used up (reserve {budget.reserve})")
+            self._short(f"descriptor budget used up (limit {nofile_limit()}, reserve {budget.reserve})")
             return
+        if self._short_of_fds:
+            self._short_of_fds = False
+            _log.info("{}: accepting connections again", self.path.name)
         for _ in range(min(ACCEPT_BATCH, headroom)):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE/ENFILE/ENOBUFS: out of something; look again shortly
-                self._pause(exc.strerror or str(exc))
+                self._short(exc.strerror or str(exc))
                 return
             self._admit(conn)
 
@@ -201,19 +233,18 @@ class UnixServer:
         return _ServerPeer(self, self._on_message, self._peer_closed, self._max_frame)
 
     def _accepted(self, peer: _ServerPeer) -> None:
-        peer.over_cap = self.clients >= self.max_clients
         self.peers.add(peer)
+        self._unclassified[peer] = None
         if self._on_connect is not None:
             self._on_connect(peer)
 
     def _peer_closed(self, peer: Peer, exc: Exception | None) -> None:
+        self._unclassified.pop(peer, None)  # type: ignore[call-overload]
         if peer in self.peers:
             self.peers.discard(peer)
             self.trusted.discard(peer)
             if self._on_close is not None:
                 self._on_close(peer, exc)
-        if not self._accepting and self._sock is not None and self._recheck is None:
-            self._resume_if_possible()
 
     def trust(self, peer: Peer) -> None:
         """Exempt `peer` from the client limits (cap, idle timeout, write buffer): the owner vouches for it."""
@@ -221,9 +252,12 @@ class UnixServer:
             self.trusted.add(peer)
             peer.trust()
 
-    def may_stay(self, peer: _ServerPeer, first: Message) -> bool:
-        """Whether a connection over the cap may stay, given its first frame."""
-        return self._exempt is not None and self._exempt(first)
+    def classified(self, peer: _ServerPeer, first: Message) -> bool:
+        """`peer` sent its first complete frame, `first`: whether it may stay (it may, unless the cap is reached
+        and the owner does not exempt that frame)."""
+        over_cap = self.clients >= self.max_clients
+        self._unclassified.pop(peer, None)
+        return not over_cap or (self._exempt is not None and self._exempt(first))
 
     # -- stopping ---------------------------------------------------------------------------------------------
     def stop_listening(self) -> None:
@@ -261,13 +295,12 @@ class UnixServer:
 class _ServerPeer(Peer):
     """A peer of the server, subject to the client limits until the owner trusts it."""
 
-    __slots__ = ("_deadline", "_trusted", "_unclassified", "over_cap", "server")
+    __slots__ = ("_deadline", "_trusted", "_unclassified", "connected_at", "server")
 
     def __init__(self, server: UnixServer, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.server = server
-        # True when the client cap was reached as it connected: only an exempt first frame lets it stay.
-        self.over_cap = False
+        self.connected_at = asyncio.get_running_loop().time()
         # Invariant: True until the first complete frame was read.
         self._unclassified = True
         self._trusted = False
@@ -298,7 +331,7 @@ class _ServerPeer(Peer):
         if not self._unclassified:
             return True
         self._unclassified = False
-        if self.over_cap and not self.server.may_stay(self, message):
+        if not self.server.classified(self, message):
             self.server.refused["over_cap"] += 1
             self.close_with_error(f"too many connections: the limit is {self.server.max_clients} clients")
             return False
