@@ -283,9 +283,11 @@ def decode(exe: str) -> dict[str, Any]:
 def prompt_edge(exe: str) -> dict[str, Any]:
     with system(exe) as sys_:
         before = sys_.restarts()
-        prompt = "\x01" * 1_397_900  # send frame 8,387,4xx bytes: fits; the run frame adds ids and does not
+        # A send frame of exactly the limit less 4 bytes: it fits; the run frame (more ids) does not.
+        empty = len(frame({"t": "send", "agent": "echo", "prompt": "", "id": "chaos"})) - 4
+        prompt = "x" * (MAX_FRAME - empty - 4)
         try:
-            reply = sys_.request({"t": "send", "agent": "echo", "prompt": prompt}, timeout=60)
+            reply = sys_.request({"t": "send", "agent": "echo", "prompt": prompt, "id": "chaos"}, timeout=60)
             answer = reply.get("error") or "result"
         except OSError as exc:
             answer = f"connection lost: {exc}"
@@ -332,12 +334,8 @@ def fd_flood(exe: str) -> dict[str, Any]:
         socks = []
         refused = 0
         for _ in range(1100):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(2)  # a full backlog makes connect wait: the supervisor is not accepting
-            try:
-                sock.connect(str(sys_.socket))
-            except OSError:
-                sock.close()
+            sock = connect_patiently(sys_.socket)
+            if sock is None:  # the backlog stayed full for 2 s: the supervisor is not accepting
                 refused += 1
                 if refused >= 3:
                     break
@@ -368,6 +366,22 @@ def fd_flood(exe: str) -> dict[str, Any]:
             "agent_states_after": states,
             "alive": sys_.alive(),
         }
+
+
+def connect_patiently(path: Path, timeout: float = 2.0) -> socket.socket | None:
+    """Connect; while the listener's backlog is full (EAGAIN), retry for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            time.sleep(0.005)
+            continue
+        return sock
+    return None
 
 
 def config(exe: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import resource
 import signal
 import socket
 import subprocess
-import time
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from llmling.ipc.peer import Peer, connect
 from llmling.ipc.server import UnixServer
 from llmling.testing import SystemProcess, llmling_command
 from tests.conftest import Systems, short_tempdir
+from tests.test_cli_e2e import raw_exchange
+from tests.test_crash_restart import wait_for
 
 NOBODY = 65534
 
@@ -53,41 +55,8 @@ def same(prompt):
 """
 
 
-def raw_exchange(path: os.PathLike[str] | str, data: bytes, timeout: float = 30.0) -> tuple[list[Message], bool]:
-    """Send raw bytes on a new connection and read until the server closes it (or 0.5 s pass after a frame)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(os.fspath(path))
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        decoder = FrameDecoder()
-        frames: list[Message] = []
-        while True:
-            if frames:
-                sock.settimeout(0.5)
-            try:
-                part = sock.recv(65536)
-            except ConnectionResetError:
-                return frames, True
-            except TimeoutError:
-                if frames:
-                    return frames, False
-                raise
-            if not part:
-                return frames, True
-            frames.extend(decoder.feed(part))
-
-
 def raw(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
 
 
 def restarts(system: SystemProcess) -> dict[str, int]:
@@ -260,12 +229,13 @@ def test_every_decode_failure_gets_one_error_frame(system: SystemProcess, body: 
 
 def test_a_prompt_that_expands_past_the_frame_is_refused_at_the_edge(system: SystemProcess) -> None:
     before = restarts(system)
-    # 1.4 MB of control bytes: its send frame fits (just), the run frame it would make does not.
-    edge = "\x01" * 1_397_900
+    # A send frame just under the limit: it fits, the run frame it would make (more ids) does not.
+    empty = len(encode({"t": "send", "agent": "echo", "prompt": "", "id": "edge"})) - HEADER.size
+    edge = "x" * (DEFAULT_MAX_FRAME - empty - 4)
     with Client(system.socket, 60) as client:
-        reply = client.request({"t": "send", "agent": "echo", "prompt": edge})
+        reply = client.request({"t": "send", "agent": "echo", "prompt": edge, "id": "edge"})
     assert reply["t"] == "error"
-    assert reply["error"] == f"prompt too large: {6 * len(edge) + 2} bytes, limit {MAX_PROMPT_BYTES}"
+    assert reply["error"] == f"prompt too large: {len(edge) + 2} bytes, limit {MAX_PROMPT_BYTES}"
     # A frame over the limit itself: one error frame, the connection closed, nothing else touched.
     frames, closed = raw_exchange(system.socket, HEADER.pack(DEFAULT_MAX_FRAME + 1) + b"{")
     assert closed
@@ -364,11 +334,11 @@ def test_a_connection_flood_under_a_low_descriptor_limit(systems: Systems) -> No
                 break
             flood.append(sock)
             peak = max(peak, open_fds(system.pid))
-        wait_for(lambda: "not accepting connections for now: descriptor budget used up" in system.log_text())
+        wait_for(lambda: "not accepting connections for now: descriptor budget used up" in system.log_text(), 60)
         peak = max(peak, open_fds(system.pid))
         assert peak < limit
         os.kill(victim["pid"], signal.SIGKILL)
-        wait_for(lambda: "ready again" in system.log_text())
+        wait_for(lambda: "ready again" in system.log_text(), 60)
         # A client gets in too, through the backlog, while the flood is still connected.
         done = system.cli("send", "other", "?", timeout=120)
         assert done.returncode == 0, done.stderr
@@ -383,3 +353,45 @@ def test_a_connection_flood_under_a_low_descriptor_limit(systems: Systems) -> No
     assert after["state"] == "ready" and after["restarts"] == 1
     assert system.request({"t": "send", "agent": "echo", "prompt": "ok"})["content"] == "echo: ok"
     assert "Too many open files" not in system.log_text()
+
+
+SPAWN_SHORT_OF_FDS = """
+import asyncio, errno, os, resource, sys
+import multiprocessing.forkserver as forkserver
+from llmling.agent_proc.spec import AgentSpec
+from llmling.ipc.fdbudget import open_fds
+from llmling.supervisor.spawner import Spawner
+
+async def main():
+    spawner = Spawner([])
+    spawner.start()
+    spec = AgentSpec(name="x", config={}, socket_path="/nonexistent/s.sock", token="t", base_dir=".")
+    first = await spawner.spawn(spec)
+    first.join(30)
+    server = forkserver._forkserver._forkserver_pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 4, hard))
+    try:
+        await spawner.spawn(spec)
+        print("spawned")
+    except OSError as exc:
+        print("refused", errno.errorcode[exc.errno], exc.strerror)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    os.kill(server, 0)  # the forkserver is alive
+    again = await spawner.spawn(spec)
+    again.join(30)
+    print("again", forkserver._forkserver._forkserver_pid == server, again.exitcode is not None)
+    spawner.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_spawn_short_of_descriptors_fails_and_the_forkserver_stays(tmp_path: Path) -> None:
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN_SHORT_OF_FDS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused EMFILE too many open files:"), done.stdout
+    assert lines[1] == "again True True", done.stdout
