@@ -310,6 +310,8 @@ async def _read_body(request: BaseRequest, config: WebhookTrigger) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise Rejection(413, f"body is larger than {limit} bytes")
+    if request.headers.get("Expect", "").lower() == "100-continue":  # curl asks before a large body
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     data = bytearray()
     try:
         async with asyncio.timeout(config.body_timeout_s):
@@ -370,6 +372,7 @@ def _prompt(request: BaseRequest, endpoint: _Endpoint, body: bytes, event: str) 
 async def _send(request: BaseRequest, response: web.StreamResponse, close: bool) -> web.StreamResponse:
     """Write `response` within RESPONSE_TIMEOUT (a client that does not read is disconnected); with `close`,
     close the connection after it."""
+    response.headers["Server"] = "llmling"  # not aiohttp's name and version
     try:
         async with asyncio.timeout(RESPONSE_TIMEOUT):
             await response.prepare(request)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,21 @@ MAX_HEADERS = 100
 LINGERING_TIME = 2.0
 # At most one log line about refused connections per server in this many seconds (a flood is not a log flood).
 REFUSAL_LOG_EVERY = 10.0
+
+
+class _ToLoguru(logging.Handler):
+    """aiohttp's server log (malformed requests, with tracebacks) as one debug line each, without the traceback:
+    a client sending garbage must not fill the log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        cause = record.exc_info[1] if record.exc_info else None
+        detail = f": {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else ""
+        logger.bind(agent="triggers").debug("webhook: {}{}", record.getMessage(), detail)
+
+
+SERVER_LOG = logging.getLogger("llmling.webhook.http")
+SERVER_LOG.propagate = False
+SERVER_LOG.addHandler(_ToLoguru())
 
 
 def _refusal(reason: str) -> bytes:
@@ -71,6 +87,7 @@ class GuardedServer(web.Server):
             lingering_time=LINGERING_TIME,
             auto_decompress=False,
             access_log=None,
+            logger=SERVER_LOG,
         )
         self.label = label
         self.max_connections = max_connections
