@@ -20,7 +20,7 @@ from llmling.config.loader import parse_config
 from llmling.errors import ConfigError
 from llmling.ipc.peer import Peer, connect
 from llmling.supervisor.triggers.webhook_replay import MemoryDeliveryIds
-from tests._automation import RECORDER, free_port, got, wait_until
+from tests._automation import RECORDER, free_port, got, wait_listening, wait_until
 
 GH, STRIPE, SLACK = "gh-secret", "whsec_test_secret", "slack-signing-secret"
 
@@ -92,6 +92,7 @@ def system(module_systems):  # type: ignore[no-untyped-def]
         modules={"rec": RECORDER},
         env={"GH_SECRET": GH, "STRIPE_SECRET": STRIPE, "SLACK_SECRET": SLACK},
     )
+    wait_listening(port)
     started.base = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     return started
 
