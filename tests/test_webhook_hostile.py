@@ -6,6 +6,7 @@ Real `llmling up` systems, real TCP on loopback (127.0.0.1 and 127.0.0.2 as two 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import time
@@ -27,6 +28,21 @@ def ready(status: dict) -> bool:
     return all(agent["state"] == "ready" for agent in status["agents"])
 
 
+def start_hook(systems, agent: str = "callback: rec:record", env: dict[str, str] | None = None, **keys: object):  # type: ignore[no-untyped-def]
+    """A system with agent `hooks` (configured by the YAML lines `agent`) and one webhook trigger `hook` on /hook
+    with `keys`; returns (system, port) once the server listens."""
+    port = free_port()
+    trigger = {"type": "webhook", "name": "hook", "port": port, "path": "/hook", **keys}
+    lines = "".join(f"    {line}\n" for line in agent.splitlines())
+    system = systems.start(
+        f"agents:\n  hooks:\n{lines}    triggers:\n      - {json.dumps(trigger)}\n",
+        modules={"rec": RECORDER},
+        env=env,
+    )
+    wait_listening(port)
+    return system, port
+
+
 async def read_all(reader: asyncio.StreamReader) -> bytes:
     """Everything the server sends until it closes the connection (a reset counts as closed)."""
     data = b""
@@ -39,18 +55,7 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    system = systems.start(
-        f"""
-        agents:
-          hooks:
-            callback: rec:record
-            triggers:
-              - {{type: webhook, name: slow, port: {port}, path: /slow, body_timeout_s: 2, header_timeout_s: 2}}
-        """,
-        modules={"rec": RECORDER},
-    )
-    wait_listening(port)
+    system, port = start_hook(systems, body_timeout_s=2, header_timeout_s=2)
 
     async def trickle(head: bytes, rest: bytes) -> tuple[bytes, int, float]:
         """Send `head` at once, then `rest` at 15 B/s until the server closes; (reply, bytes of rest sent, s)."""
@@ -72,20 +77,20 @@ async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ig
         return data, sent, elapsed
 
     # The body: 1,000 bytes announced, trickled at 15 B/s (66 s to finish): 408 at the body timeout.
-    head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
+    head = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
     data, sent, elapsed = await trickle(head, b"b" * 1000)
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert b"body not received within 2 s" in data
     assert elapsed >= 1.9 and sent < 1000
 
     # The head: a request line, then header bytes at 15 B/s: closed at the head timeout without a reply.
-    data, sent, elapsed = await trickle(b"POST /slow HTTP/1.1\r\n", b"X-Padding: " + b"p" * 2000 + b"\r\n\r\n")
+    data, sent, elapsed = await trickle(b"POST /hook HTTP/1.1\r\n", b"X-Padding: " + b"p" * 2000 + b"\r\n\r\n")
     assert data == b"" and elapsed >= 1.9 and sent < 2000
 
     # Malformed requests: a header line over 8190 bytes, too many headers, not HTTP. 400, one log line each.
     malformed = [
-        b"POST /slow HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
-        b"POST /slow HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+        b"POST /hook HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
+        b"POST /hook HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
         b"\x16\x03\x01 not http at all\r\n\r\n",
     ]
     for request in malformed:
@@ -96,7 +101,7 @@ async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ig
     assert "Traceback" not in system.log_text()
 
     # Neither became a run; the server still serves a normal request.
-    url = f"http://127.0.0.1:{port}/slow?wait=true"
+    url = f"http://127.0.0.1:{port}/hook?wait=true"
     async with aiohttp.ClientSession() as http, http.post(url, data=b"after") as response:
         assert response.status == 200
     assert [call["prompt"] for call in got(system.config.parent)] == ["after"]
@@ -105,24 +110,7 @@ async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ig
 
 
 async def test_connection_limits_per_client_and_per_server(systems) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    systems.start(
-        f"""
-        agents:
-          hooks:
-            callback: rec:record
-            triggers:
-              - type: webhook
-                name: hook
-                port: {port}
-                path: /hook
-                header_timeout_s: 30
-                max_connections: 12
-                max_connections_per_client: 8
-        """,
-        modules={"rec": RECORDER},
-    )
-    wait_listening(port)
+    _, port = start_hook(systems, header_timeout_s=30, max_connections=12, max_connections_per_client=8)
     held: list[asyncio.StreamWriter] = []
 
     async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -177,24 +165,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
 
 
 async def test_connection_flood_leaves_the_system_answering(systems) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    system = systems.start(
-        f"""
-        agents:
-          hooks:
-            callback: rec:record
-            triggers:
-              - type: webhook
-                name: hook
-                port: {port}
-                path: /hook
-                header_timeout_s: 2
-                max_connections: 40
-                max_connections_per_client: 30
-        """,
-        modules={"rec": RECORDER},
-    )
-    wait_listening(port)
+    system, port = start_hook(systems, header_timeout_s=2, max_connections=40, max_connections_per_client=30)
     # The supervisor gets few descriptors, as on a host with a low limit; the test itself needs many.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.prlimit(system.pid, resource.RLIMIT_NOFILE, (256, hard))
@@ -274,28 +245,17 @@ async def test_connection_flood_leaves_the_system_answering(systems) -> None:  #
 
 
 async def test_body_that_grows_when_encoded_is_refused_at_the_edge(systems) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    system = systems.start(
-        f"""
-        agents:
-          hooks:
-            callback: rec:record
-            triggers:
-              - {{type: webhook, name: big, port: {port}, path: /big, max_body_bytes: 2097152}}
-        """,
-        modules={"rec": RECORDER},
-    )
-    wait_listening(port)
+    system, port = start_hook(systems, max_body_bytes=2 * 1024 * 1024)
     pids = {agent["name"]: agent["pid"] for agent in system.status()["agents"]}
     async with aiohttp.ClientSession() as http:
         # 1.5 MiB of control bytes: 9 MiB as JSON (\\u0001 each), over the 8 MiB frame limit.
         for _ in range(3):
             body = b"\x01" * (1536 * 1024)
-            async with http.post(f"http://127.0.0.1:{port}/big?wait=true", data=body) as response:
+            async with http.post(f"http://127.0.0.1:{port}/hook?wait=true", data=body) as response:
                 assert response.status == 413
                 assert "prompt too large" in (await response.json())["error"]
         # 1.5 MiB of text is fine and reaches the agent whole.
-        async with http.post(f"http://127.0.0.1:{port}/big?wait=true", data=b"a" * (1536 * 1024)) as response:
+        async with http.post(f"http://127.0.0.1:{port}/hook?wait=true", data=b"a" * (1536 * 1024)) as response:
             assert response.status == 200
             assert len((await response.json())["content"]) == len("got: ") + 1536 * 1024
     status = system.status()
@@ -308,20 +268,7 @@ async def test_body_that_grows_when_encoded_is_refused_at_the_edge(systems) -> N
     "max_queue" not in AgentConfig.model_fields, reason="needs per-agent max_queue (admission, issue 8)"
 )
 async def test_busy_agent_gets_429_with_retry_after(systems) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    system = systems.start(
-        f"""
-        agents:
-          hooks:
-            callback: rec:slow
-            max_queue: 1
-            triggers:
-              - {{type: webhook, name: hook, port: {port}, path: /hook}}
-        """,
-        modules={"rec": RECORDER},
-        env={"REC_SLOW": "3"},
-    )
-    wait_listening(port)
+    system, port = start_hook(systems, agent="callback: rec:slow\nmax_queue: 1", env={"REC_SLOW": "3"})
     async with aiohttp.ClientSession() as http:
 
         async def post(index: int) -> tuple[int, str | None]:
