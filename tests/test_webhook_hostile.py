@@ -55,7 +55,7 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ignore[no-untyped-def]
-    system, port = start_hook(systems, body_timeout_s=2, header_timeout_s=2)
+    system, port = start_hook(systems, body_timeout_s=2, header_timeout_s=2, keepalive_timeout_s=2)
 
     async def trickle(head: bytes, rest: bytes) -> tuple[bytes, int, float]:
         """Send `head` at once, then `rest` at 15 B/s until the server closes; (reply, bytes of rest sent, s)."""
@@ -87,6 +87,20 @@ async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ig
     data, sent, elapsed = await trickle(b"POST /hook HTTP/1.1\r\n", b"X-Padding: " + b"p" * 2000 + b"\r\n\r\n")
     assert data == b"" and elapsed >= 1.9 and sent < 2000
 
+    # A kept-alive connection that sends no next request is closed after keepalive_timeout_s.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nidle")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    assert head.startswith(b"HTTP/1.1 202") and b"connection: close" not in head.lower()
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    await reader.readexactly(length)
+    idle_since = time.monotonic()
+    assert await asyncio.wait_for(read_all(reader), 30) == b""
+    assert time.monotonic() - idle_since >= 1.5
+    writer.close()
+
     # Malformed requests: a header line over 8190 bytes, too many headers, not HTTP. 400, one log line each.
     malformed = [
         b"POST /hook HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
@@ -104,9 +118,9 @@ async def test_slowloris_head_and_body_are_cut_off(systems) -> None:  # type: ig
     url = f"http://127.0.0.1:{port}/hook?wait=true"
     async with aiohttp.ClientSession() as http, http.post(url, data=b"after") as response:
         assert response.status == 200
-    assert [call["prompt"] for call in got(system.config.parent)] == ["after"]
+    assert [call["prompt"] for call in got(system.config.parent)] == ["idle", "after"]
     (trigger,) = system.request({"t": "triggers"})["triggers"]
-    assert trigger["rejected"] == 1 and trigger["fired"] == 1
+    assert trigger["rejected"] == 1 and trigger["fired"] == 2
 
 
 async def test_connection_limits_per_client_and_per_server(systems) -> None:  # type: ignore[no-untyped-def]
