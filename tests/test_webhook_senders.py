@@ -22,7 +22,7 @@ from llmling.ipc.peer import Peer, connect
 from llmling.supervisor.triggers.webhook_replay import MemoryDeliveryIds
 from tests._automation import RECORDER, free_port, got, wait_listening, wait_until
 
-GH, STRIPE, SLACK = "gh-secret", "whsec_test_secret", "slack-signing-secret"
+GH, STRIPE, SLACK, GEN = "gh-secret", "whsec_test_secret", "slack-signing-secret", "generic-secret"
 
 
 def hex_hmac(secret: str, payload: bytes) -> str:
@@ -86,11 +86,18 @@ def system(module_systems):  # type: ignore[no-untyped-def]
                 secret_env: SLACK_SECRET
                 signature: slack
                 template: "{{data[command]}} {{data[text]}} from {{data[user_name]}}"
+              - type: webhook
+                name: generic
+                port: {port}
+                path: /generic
+                secret_env: GEN_SECRET
+                signature: hmac-sha256
+                signature_header: X-Signature
               - {{type: webhook, name: plain, port: {port}, path: /plain, max_body_bytes: 100}}
               - {{type: webhook, name: closed, port: {port}, path: /off, enabled: false}}
         """,
         modules={"rec": RECORDER},
-        env={"GH_SECRET": GH, "STRIPE_SECRET": STRIPE, "SLACK_SECRET": SLACK},
+        env={"GH_SECRET": GH, "STRIPE_SECRET": STRIPE, "SLACK_SECRET": SLACK, "GEN_SECRET": GEN},
     )
     wait_listening(port)
     started.base = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
@@ -212,6 +219,20 @@ async def test_slack_signature_tolerance_and_form_body(system) -> None:  # type:
         assert bad[0] == 400 and "template" in bad[1]["error"]
 
 
+async def test_hmac_sha256_in_a_named_header(system) -> None:  # type: ignore[no-untyped-def]
+    url = f"{system.base}/generic?wait=true"
+    body = b"signed plainly"
+    async with aiohttp.ClientSession() as http:
+        for value in (hex_hmac(GEN, body), "sha256=" + hex_hmac(GEN, body).upper()):
+            status, reply, _ = await post(http, url, body, {"x-signature": value})
+            assert status == 200 and reply["content"] == "got: signed plainly"
+        wrong = await post(http, url, body, {"X-Signature": hex_hmac("other", body)})
+        assert wrong[0] == 401 and "X-Signature" in wrong[1]["error"]
+        # GitHub's header does not stand in for the configured one.
+        github = {"X-Hub-Signature-256": "sha256=" + hex_hmac(GEN, body)}
+        assert (await post(http, url, body, github))[0] == 401
+
+
 async def test_rejected_deliveries_are_counted_and_reported(system) -> None:  # type: ignore[no-untyped-def]
     before = counts(system)
     async with events(system) as seen, aiohttp.ClientSession() as http:
@@ -280,6 +301,12 @@ def test_webhook_config_errors_name_the_place() -> None:
             "agents:\n  a:\n    callback: m:f\n    triggers:\n"
             "      - {type: webhook, name: one, port: 9000, path: /1, max_connections: 9}\n"
             "      - {type: webhook, name: two, port: 9000, path: /2, max_connections: 5}\n",
+            "a.yml",
+        )
+    with pytest.raises(ConfigError, match=r"signature_header is for signature: hmac-sha256"):
+        parse_config(
+            "agents:\n  a:\n    callback: m:f\n    triggers:\n"
+            "      - {type: webhook, name: s, port: 9000, secret_env: S, signature_header: X-Sig}\n",
             "a.yml",
         )
     with pytest.raises(ConfigError, match=r"not an HTTP header name"):

@@ -159,6 +159,8 @@ class WebhookTrigger(_Trigger):
     def _signed(self) -> WebhookTrigger:
         if self.signature is not None and self.secret_env is None:
             raise ValueError(f"signature: {self.signature} needs secret_env (the variable holding the secret)")
+        if "signature_header" in self.model_fields_set and self.scheme != "hmac-sha256":
+            raise ValueError("signature_header is for signature: hmac-sha256 (the other schemes name their own)")
         return self
 
     @property

@@ -129,9 +129,4 @@ class Verifier:
         return f"slack:{expected}"
 
 
-def signature_header(scheme: str, configured: str) -> str:
-    """The header a scheme's signature is read from (for messages and docs)."""
-    return {"github": GITHUB_HEADER, "stripe": STRIPE_HEADER, "slack": SLACK_HEADER}.get(scheme, configured)
-
-
-__all__ = ["GITHUB_HEADER", "SignatureError", "Verifier", "hmac_hex", "signature_header"]
+__all__ = ["GITHUB_HEADER", "SignatureError", "Verifier", "hmac_hex"]
