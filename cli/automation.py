@@ -51,12 +51,15 @@ def trigger_list(name: str | None, socket_: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(triggers))
         return
-    click.echo(f"{'AGENT':<20} {'TRIGGER':<20} {'TYPE':<8} {'STATE':<9} {'FIRED':>6} {'SKIPPED':>8} {'FAILED':>7}")
+    click.echo(
+        f"{'AGENT':<20} {'TRIGGER':<20} {'TYPE':<8} {'STATE':<9} {'FIRED':>6} {'SKIPPED':>8} {'FAILED':>7}"
+        f" {'REJECTED':>9}"
+    )
     for item in triggers:
         state = "enabled" if item["enabled"] else "disabled"
         click.echo(
             f"{item['agent']:<20} {item['name']:<20} {item['type']:<8} {state:<9} "
-            f"{item['fired']:>6} {item['skipped']:>8} {item['failed']:>7}"
+            f"{item['fired']:>6} {item['skipped']:>8} {item['failed']:>7} {item['rejected']:>9}"
         )
 
 

@@ -68,6 +68,13 @@ def describe(event: Message) -> tuple[str, str, str] | None:
         )
     if kind == "trigger_skipped":
         return agent, "trigger", f"{event.get('kind')} {event.get('trigger')} skipped ({event.get('reason')})"
+    if kind == "webhook_rejected":
+        who = f"webhook {event.get('trigger')}" if event.get("trigger") else "webhook"
+        return (
+            agent or "system",
+            "trigger",
+            f"{who} {event.get('path')} refused {event.get('code')}: {event.get('reason')}",
+        )
     if kind == "trigger_state":
         state = "enabled" if event.get("enabled") else "disabled"
         return agent, "trigger", f"{event.get('kind')} {event.get('trigger')} {state}"

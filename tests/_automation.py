@@ -70,6 +70,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    """Wait until `host:port` accepts connections: a system's webhook servers start after its agents are ready,
+    so a status that shows every agent ready does not mean they listen yet."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(accepts, timeout, what=f"a listener on {host}:{port}")
+
+
 def write_system(folder: Path, config: str) -> Path:
     """A config file and the recorder module (rec.py) in `folder`; returns the config's path."""
     folder.mkdir(parents=True, exist_ok=True)

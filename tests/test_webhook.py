@@ -9,7 +9,7 @@ import json
 
 import aiohttp
 
-from tests._automation import RECORDER, free_port, got, wait_until
+from tests._automation import RECORDER, free_port, got, wait_listening, wait_until
 
 SECRET = "s3cret-for-tests"
 
@@ -53,6 +53,8 @@ def make_system(systems):  # type: ignore[no-untyped-def]
         env={"WEBHOOK_SECRET": SECRET},
         until=started,
     )
+    wait_listening(port)
+    wait_listening(other)
     return system, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{other}"
 
 

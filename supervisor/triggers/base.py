@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from llmling.errors import LLMlingError
+from llmling.errors import AgentRunError, LLMlingError
 from llmling.ipc.peer import new_id
 from llmling.supervisor.router import Trace
 
@@ -39,7 +39,7 @@ class TriggerState:
     Invariant: `in_flight` counts this trigger's runs started and not finished.
     """
 
-    __slots__ = ("agent", "config", "enabled", "failed", "fired", "in_flight", "last_error", "skipped")
+    __slots__ = ("agent", "config", "enabled", "failed", "fired", "in_flight", "last_error", "rejected", "skipped")
 
     def __init__(self, agent: str, config: FileTrigger | WebhookTrigger | TimeTrigger) -> None:
         self.agent = agent
@@ -48,6 +48,8 @@ class TriggerState:
         self.fired = 0
         self.skipped = 0
         self.failed = 0
+        # Requests the trigger refused (webhooks: every 4xx/5xx answer that started no run, and 429).
+        self.rejected = 0
         self.in_flight = 0
         self.last_error: str | None = None
 
@@ -72,6 +74,7 @@ class TriggerState:
             "fired": self.fired,
             "skipped": self.skipped,
             "failed": self.failed,
+            "rejected": self.rejected,
             "in_flight": self.in_flight,
             "last_error": self.last_error,
         }
@@ -79,10 +82,11 @@ class TriggerState:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a run ended: its result, or the error that ended it."""
+    """How a run ended: its result, or the error that ended it and its kind (AgentRunError.kind)."""
 
     result: Message | None = None
     error: str | None = None
+    kind: str | None = None
 
 
 OnEnd = Callable[[Outcome], None]
@@ -142,17 +146,20 @@ class TriggerHost:
         return Firing(run_id, trace.id, task)
 
     async def _run(self, agent: str, prompt: str, trace: Trace, run_id: str, on_end: OnEnd | None) -> Outcome:
-        outcome = Outcome(error="cancelled")
+        outcome = Outcome(error="cancelled", kind="cancelled")
         try:
             result, _ = await self.router.send(agent, prompt, trace=trace, run_id=run_id)
             outcome = Outcome(result=result)
         except asyncio.CancelledError:
             raise
+        except AgentRunError as exc:
+            outcome = Outcome(error=str(exc), kind=exc.kind)
+            logger.bind(agent=agent).warning("run {} failed: {}", run_id, exc)
         except LLMlingError as exc:
-            outcome = Outcome(error=str(exc))
+            outcome = Outcome(error=str(exc), kind="error")
             logger.bind(agent=agent).warning("run {} failed: {}", run_id, exc)
         except Exception as exc:
-            outcome = Outcome(error=f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(error=f"{type(exc).__name__}: {exc}", kind="error")
             logger.bind(agent=agent).opt(exception=exc).error("run {} failed", run_id)
         finally:
             if on_end is not None:
