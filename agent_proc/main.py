@@ -11,7 +11,6 @@ import contextlib
 import gc
 import os
 import signal
-import sys
 import traceback
 from typing import Any
 
@@ -22,6 +21,7 @@ from llmling.agent_proc.death import die_with_parent, name_process
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
 from llmling.ipc.peer import Peer, connect
+from llmling.logs import add_environment_secrets, configure, redact
 
 Message = dict[str, Any]
 
@@ -61,7 +61,7 @@ class AgentProcess:
             self.log.error("init failed: {}", exc)
             if self.runtime is not None:
                 await self.runtime.close()  # before `failed`: the supervisor ends the process after it
-            peer.send({"t": "failed", "error": str(exc)})
+            peer.send({"t": "failed", "error": redact(str(exc))})
             return
         peer.send({"t": "ready", "pid": os.getpid()})
         async with asyncio.TaskGroup() as group:
@@ -92,7 +92,7 @@ class AgentProcess:
                 raise
             except Exception as exc:
                 self.log.opt(exception=exc).warning("run {} failed", message.get("id"))
-                peer.reply(message, {"t": "error", "error": f"{type(exc).__name__}: {exc}"})
+                peer.reply(message, {"t": "error", "error": redact(f"{type(exc).__name__}: {exc}")})
                 continue
             peer.reply(
                 message, {"t": "result", "content": reply.content, "usage": reply.usage, "elapsed": elapsed}
@@ -100,14 +100,10 @@ class AgentProcess:
 
 
 def configure_logging(spec: AgentSpec) -> None:
-    logger.remove()
-    logger.add(
-        sys.stderr,
-        level=spec.log_level,
-        format="{time:HH:mm:ss.SSS} {level: <7} [{extra[agent]}] {message}",
-        enqueue=False,
-    )
-    logger.configure(extra={"agent": spec.name})
+    """Redacting sinks without `diagnose` (llmling/logs.py); the secrets are the values of this process's
+    variables that are keys (its `api_key_env`, any name that looks secret)."""
+    add_environment_secrets(os.environ, [spec.config.get("api_key_env") or ""])
+    configure(spec.log_level, agent=spec.name)
 
 
 async def agent_main(spec: AgentSpec) -> None:
@@ -131,6 +127,7 @@ def run(spec: AgentSpec) -> None:
     name_process(spec.name)
     # Ctrl+C in a terminal reaches the whole process group; the supervisor decides how agents stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # On top of the forkserver's environment (the base allow-list, no secrets): this agent's own variables.
     os.environ.update(spec.env)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(agent_main(spec))

@@ -19,7 +19,10 @@ class AgentSpec:
     # Set by the supervisor for `local/<name>` models: where the embedded model serves (`config["model"]` is then
     # the litellm model string for that server).
     api_base: str | None = None
-    log_level: str = "INFO"
+    # None: the process logs nothing (library use without llmling.enable_logging()).
+    log_level: str | None = "INFO"
+    # The process's environment on top of the forkserver's (the allow-listed base): the allow-list as the
+    # supervisor has it now, the variables this agent's config names, its `env:` (supervisor/environment.py).
     env: dict[str, str] = field(default_factory=dict)
     # The conversation to resume ({"role", "content"} messages, oldest first), from the supervisor's history.
     history: list[dict[str, Any]] = field(default_factory=list)

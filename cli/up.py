@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -76,11 +75,9 @@ class Progress:
 
 
 def configure_logging(level: str) -> None:
-    from loguru import logger
+    from llmling.logs import configure
 
-    logger.remove()
-    logger.configure(extra={"agent": "llmling"})
-    logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level: <7} [{extra[agent]}] {message}")
+    configure(level)  # redacting, without `diagnose`
 
 
 def host(

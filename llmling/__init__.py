@@ -21,6 +21,7 @@ _EXPORTS = {
     "SystemConfig": "llmling.config",
     "AgentConfig": "llmling.config",
     "load_config": "llmling.config",
+    "enable_logging": "llmling.logs",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "SystemConfig",
     "UnknownAgentError",
     "Usage",
+    "enable_logging",
     "load_config",
 ]
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from llmling.api import Agent, AgentPool, Connection
     from llmling.config import AgentConfig, SystemConfig, load_config
     from llmling.errors import AgentRunError, ConfigError, LLMlingError, StartupError, UnknownAgentError
+    from llmling.logs import enable_logging
     from llmling.messages import ChatMessage, Usage
 
 

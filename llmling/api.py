@@ -18,19 +18,36 @@ from loguru import logger
 from llmling.config import AgentConfig, ConnectionConfig, SystemConfig, load_config
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.paths import runtime_dir
+from llmling.logs import enable_from_environment, library_level
 from llmling.messages import ChatMessage
 from llmling.supervisor import conditions
 from llmling.supervisor.router import Route
 from llmling.supervisor.system import Supervisor
 
-# A library stays quiet unless its user asks: `from loguru import logger; logger.enable("llmling")`.
+# A library stays quiet unless its user asks: `llmling.enable_logging("INFO")` or LLMLING_LOG_LEVEL=INFO
+# (llmling/logs.py). Agent processes of a pool log at that level, or not at all.
 logger.disable("llmling")
+enable_from_environment()
 
 TDeps = TypeVar("TDeps")
 ConfigSource = str | os.PathLike[str] | SystemConfig | Mapping[str, Any]
 Condition = Callable[[str], Any] | None
 
 _standalone_ids = itertools.count(1)
+
+
+def import_path(function: Any, field: str) -> Any:
+    """A function object given for `field` (a callback, a tool) as its `module:name` path; other values as
+    they are. Agents import it in their own process, which never runs `__main__`: such a function is refused."""
+    if not callable(function) or isinstance(function, str):
+        return function
+    module, name = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    if module == "__main__" or not module or "<" in name:
+        raise ValueError(
+            f"{field} {name or function!r} is defined in {module or 'no module'}, which agent processes never "
+            f"import: move it into a module and pass it (or 'module:{name or 'function'}')"
+        )
+    return f"{module}:{name}"
 
 
 def _load(config: ConfigSource) -> SystemConfig:
@@ -57,11 +74,12 @@ class AgentPool(Generic[TDeps]):
         *,
         parallel_load: bool = True,
         socket: str | os.PathLike[str] | None = None,
-        log_level: str = "WARNING",
+        log_level: str | None = None,
     ) -> None:
         self.config = _load(config)
         self.parallel_load = parallel_load
         self._socket = socket or runtime_dir() / f"{self.config.name}-{os.getpid()}.sock"
+        # The agents' level: given here, else the one of llmling.enable_logging(); None: they log nothing.
         self._log_level = log_level
         self._supervisor: Supervisor | None = None
         self._agents: dict[str, Agent[TDeps]] = {}
@@ -70,7 +88,7 @@ class AgentPool(Generic[TDeps]):
         supervisor = Supervisor(
             self.config,
             socket=self._socket,
-            log_level=self._log_level,
+            log_level=self._log_level or library_level(),
             require_all=True,
             parallel_load=self.parallel_load,
         )
@@ -135,6 +153,10 @@ class Agent(Generic[TDeps]):
             agent = system.agents[self.name].model_copy(update={"parallel_init": parallel_init, "connections": []})
             base = system.source
         else:
+            if "callback" in agent_config:
+                agent_config["callback"] = import_path(agent_config["callback"], "callback")
+            if isinstance(agent_config.get("tools"), list):
+                agent_config["tools"] = [import_path(tool, "tool") for tool in agent_config["tools"]]
             agent = AgentConfig.model_validate({**agent_config, "parallel_init": parallel_init})
             base = None
         system_name = f"{self.name}-agent{next(_standalone_ids)}"

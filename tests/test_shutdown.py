@@ -23,6 +23,7 @@ shutdown_timeout: {timeout}
 agents:
   slowpoke:
     callback: cb:slow
+    env_passthrough: [SLOW_SECONDS]
 """
 
 
@@ -183,6 +184,7 @@ async def test_webhook_wait_in_flight_gets_its_reply(systems) -> None:  # type: 
         agents:
           slowpoke:
             callback: cb:slow
+            env_passthrough: [SLOW_SECONDS]
             triggers:
               - {{type: webhook, name: hook, port: {port}, path: /hook}}
         """,

@@ -20,6 +20,7 @@ agents:
     callback: cb:upper
   slow:
     callback: cb:slow
+    env_passthrough: [SLOW_SECONDS]
 """
 
 

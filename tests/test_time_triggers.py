@@ -133,6 +133,7 @@ def _pool_config(tmp_path: Path, trigger: str, callback: str = "rec:record") -> 
         agents:
           reporter:
             callback: {callback}
+            env_passthrough: [REC_SLOW]
             triggers:
               - {trigger}
         """,

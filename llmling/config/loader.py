@@ -82,11 +82,15 @@ def _dotted(loc: Loc) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def _interpolate(value: Any, loc: Loc, where: _Located, file: str) -> Any:
+def _interpolate(value: Any, loc: Loc, where: _Located, file: str, refs: dict[str, set[str]]) -> Any:
+    """Substitute `${VAR}`s; `refs` collects, per agent, the variables its section names (outside its
+    triggers, which run in the supervisor)."""
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if len(loc) >= 2 and loc[0] == "agents" and loc[2:3] != ("triggers",):
+                refs.setdefault(str(loc[1]), set()).add(name)
             found = os.environ.get(name)
             if found is not None and (found or default is None):
                 return found
@@ -99,9 +103,9 @@ def _interpolate(value: Any, loc: Loc, where: _Located, file: str) -> Any:
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {key: _interpolate(item, (*loc, key), where, file) for key, item in value.items()}
+        return {key: _interpolate(item, (*loc, key), where, file, refs) for key, item in value.items()}
     if isinstance(value, list):
-        return [_interpolate(item, (*loc, index), where, file) for index, item in enumerate(value)]
+        return [_interpolate(item, (*loc, index), where, file, refs) for index, item in enumerate(value)]
     return value
 
 
@@ -137,7 +141,8 @@ def parse_config(text: str, file: str = "<config>", default_name: str = "llmling
         raise ConfigError(f"{file}:1: the config must be a mapping with an 'agents' key")
     if "source" in data:
         raise ConfigError(f"{file}:{where.line(('source',))}: source: unknown key")
-    data = _interpolate(data, (), where, file)
+    refs: dict[str, set[str]] = {}
+    data = _interpolate(data, (), where, file, refs)
     data.setdefault("name", default_name)
     try:
         config = SystemConfig.model_validate(data)
@@ -151,6 +156,9 @@ def parse_config(text: str, file: str = "<config>", default_name: str = "llmling
                 raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: unknown agent {target!r}")
     for loc, problem in webhook_conflicts(config.agents):
         raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: {problem}")
+    for agent_name, names in refs.items():
+        if agent_name in config.agents:
+            config.agents[agent_name]._referenced_env = frozenset(names)
     return config
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from llmling.config.base import Strict
@@ -65,7 +65,14 @@ Condition = Annotated[WordMatch | CallableCondition, Field(discriminator="type")
 def _import_path(value: str) -> str:
     if not re.fullmatch(r"[\w.]+:[\w.]+", value):
         raise ValueError("must be an import path of the form 'module:function'")
+    module, _, name = value.partition(":")
+    if module == "__main__":
+        # Agent processes never run the user's main script (supervisor/spawner.py), so nothing there resolves.
+        raise ValueError(f"{value!r}: __main__ is not importable by agents; move {name} into a module")
     return value
+
+
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 def _condition(value: Any) -> Any:
@@ -115,6 +122,14 @@ class AgentConfig(Strict):
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
     api_base: str | None = None
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables set in this agent's process (explicit values)"
+    )
+    env_passthrough: list[str] = Field(
+        default_factory=list,
+        description="names of variables passed from the supervisor's environment to this agent's process "
+        "(besides the allow-list and the variables its config names)",
+    )
     tools: list[str] = Field(
         default_factory=list,
         description="`module:function` callables offered to the model (schema from signature and docstring)",
@@ -131,6 +146,22 @@ class AgentConfig(Strict):
     background: BackgroundConfig | None = Field(
         None, description="a prompt the supervisor runs repeatedly from start-up: {prompt, interval, max_count}"
     )
+
+    # The `${VAR}`s of this agent's section (outside its triggers), recorded by the loader: they count as named
+    # by its config, so its process gets them (supervisor/environment.py). Not part of the file.
+    _referenced_env: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def referenced_env(self) -> frozenset[str]:
+        return self._referenced_env
+
+    @field_validator("env", "env_passthrough")
+    @classmethod
+    def _env_names(cls, value: Any) -> Any:
+        for name in value:
+            if not re.fullmatch(ENV_NAME, name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
     @field_validator("triggers")
     @classmethod
