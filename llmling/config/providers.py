@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Protocol
 
 from llmling.errors import MissingAPIKey
 
@@ -84,3 +85,24 @@ def check_key(
     variable = required_key(model, api_base, api_key_env)
     if variable and not environ.get(variable):
         raise MissingAPIKey(variable, model)
+
+
+class ModelAgent(Protocol):
+    """What the key check reads of an agent's config (AgentConfig has it)."""
+
+    model: str | None
+    api_base: str | None
+    api_key_env: str | None
+
+
+def missing_keys(agents: Mapping[str, ModelAgent], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`agents.<name>.model` -> "VAR is not set (model M)" for every agent whose required key is not set."""
+    missing = {}
+    for name, agent in agents.items():
+        if agent.model is None:
+            continue
+        try:
+            check_key(agent.model, agent.api_base, agent.api_key_env, environ)
+        except MissingAPIKey as exc:
+            missing[f"agents.{name}.model"] = str(exc)
+    return missing
