@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from typing import Any
 
 from llmling.agent_proc.model_call import CallLimits, call_model
@@ -82,10 +83,19 @@ def call_limits(config: dict[str, Any], api_base: str | None) -> CallLimits:
     settings = config["model_settings"]
     return CallLimits(
         model=config["model"],
-        api_base=api_base or config.get("api_base"),
+        api_base=_shown(api_base or config.get("api_base")),
         timeout=float(settings["timeout"]),
         num_retries=int(settings["num_retries"]),
     )
+
+
+def _shown(url: str | None) -> str | None:
+    """`url` as errors may show it: without a `user:password@` part."""
+    if not url or "@" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 class LLMBackend:

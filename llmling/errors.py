@@ -109,7 +109,7 @@ class ModelUnreachable(ModelError):
 
 
 class ModelAuthError(ModelError):
-    """The provider refused the credentials (401/403), or the key is missing."""
+    """The provider refused the credentials (401/403). A key that is not set fails the start: MissingAPIKey."""
 
     what = "refused the credentials"
 
