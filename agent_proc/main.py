@@ -18,6 +18,7 @@ import uvloop
 from loguru import logger
 
 from llmling.agent_proc.death import die_with_parent, name_process
+from llmling.agent_proc.reply import error_frame
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
 from llmling.ipc.peer import Peer, connect
@@ -92,7 +93,7 @@ class AgentProcess:
                 raise
             except Exception as exc:
                 self.log.opt(exception=exc).warning("run {} failed", message.get("id"))
-                peer.reply(message, {"t": "error", "error": redact(f"{type(exc).__name__}: {exc}")})
+                peer.reply(message, error_frame(exc))
                 continue
             peer.reply(
                 message, {"t": "result", "content": reply.content, "usage": reply.usage, "elapsed": elapsed}

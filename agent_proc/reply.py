@@ -19,3 +19,15 @@ class Backend(Protocol):
     async def init(self) -> None: ...
 
     async def run(self, messages: list[dict[str, Any]], on_text: OnText | None) -> Reply: ...
+
+
+def error_frame(exc: BaseException) -> dict[str, Any]:
+    """The `error` reply of a run the agent's code failed (kind "error"); a model error adds its typed `cause`."""
+    from llmling.errors import ModelError
+    from llmling.logs import redact
+
+    # Redacted: the text reaches the caller, history and logs; no secret value may ride along.
+    frame: dict[str, Any] = {"t": "error", "error": redact(f"{type(exc).__name__}: {exc}"), "kind": "error"}
+    if isinstance(exc, ModelError):
+        frame["cause"] = exc.to_cause()
+    return frame

@@ -149,14 +149,20 @@ def stop(name: str | None, socket_: str | None, timeout: float) -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def validate(config: str) -> None:
-    """Check CONFIG; print the problems with file:line, exit 2 when there are any."""
+    """Check CONFIG and the API keys its models need; print the problems, exit 2 when there are any."""
     from llmling.config import load_config
+    from llmling.config.providers import missing_keys
     from llmling.errors import ConfigError
 
     try:
         system = load_config(config)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    missing = missing_keys(system.agents)
+    for where, problem in missing.items():
+        click.echo(f"error: {config}: {where}: {problem}", err=True)
+    if missing:
         sys.exit(2)
     count = len(system.agents)
     click.echo(f"{config}: ok (system {system.name!r}, {count} agent{'s' if count != 1 else ''})")

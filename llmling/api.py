@@ -213,7 +213,7 @@ class Agent(Generic[TDeps]):
         downstream = []
         for item in trace.results:
             if "error" in item:
-                raise AgentRunError(item["agent"], item["error"])
+                raise AgentRunError.from_reply(item["agent"], item)
             downstream.append(ChatMessage.from_result(item))
         return ChatMessage.from_result(result, tuple(downstream))
 

@@ -51,9 +51,11 @@ class ToolCall:
 class Reply:
     """One scripted answer.
 
-    `delay` is waited before the answer (before its first chunk when streamed). `chunks` splits a streamed
-    `content` (default: one chunk per word). A `status` other than 200 answers with an OpenAI error body whose
-    message is `content`.
+    `delay` is waited before the answer (before its first chunk when streamed); `HANG` never answers (until
+    the server closes). `chunks` splits a streamed `content` (default: one chunk per word); `chunk_delay` is
+    waited before each chunk after the first. A `status` other than 200 answers with an OpenAI error body whose
+    message is `content` (401 bad key, 429 rate limit, 500/503 server error, ...), with `headers` (e.g.
+    `{"Retry-After": "1"}`).
     """
 
     content: str = ""
@@ -61,17 +63,32 @@ class Reply:
     delay: float = 0.0
     chunks: tuple[str, ...] | None = None
     status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    chunk_delay: float = 0.0
 
 
 ReplyFunction = Callable[[Body], "Reply | str"]
 
+# A delay that outlasts any test: the server holds the request until it closes.
+HANG = 24 * 3600.0
+
+# The OpenAI error `type` of a status (what OpenAI's API sends).
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_denied",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A request the server received: its JSON body and its headers."""
+    """A request the server received: its JSON body, its headers, when it came (`time.monotonic()`)."""
 
     body: Body
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 def echo(body: Body) -> Reply:
@@ -118,6 +135,8 @@ class ScriptedLLM:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
+        # Set when the server closes: ends the delays of the requests it still holds.
+        self._closing: asyncio.Event | None = None
 
     # -- the script -----------------------------------------------------------------------------------------
     def script(self, *replies: Reply | str, model: str | None = None) -> None:
@@ -153,11 +172,12 @@ class ScriptedLLM:
             error = {"error": {"message": "the body must be a JSON object", "type": "invalid_request_error"}}
             return web.json_response(error, status=400)
         reply = self._next_reply(body, dict(request.headers))
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        if reply.delay and not await self._pause(reply.delay):
+            return web.json_response({"error": {"message": "the server is closing"}}, status=503)
         if reply.status != 200:
-            error = {"error": {"message": reply.content, "type": "server_error", "code": reply.status}}
-            return web.json_response(error, status=reply.status)
+            kind = _ERROR_TYPES.get(reply.status, "server_error")
+            error = {"error": {"message": reply.content, "type": kind, "code": reply.status}}
+            return web.json_response(error, status=reply.status, headers=reply.headers)
         model = str(body.get("model", ""))
         usage = self._usage(body, reply)
         if body.get("stream"):
@@ -188,7 +208,9 @@ class ScriptedLLM:
 
         await event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         if reply.content:
-            for piece in reply.chunks or _words(reply.content):
+            for index, piece in enumerate(reply.chunks or _words(reply.content)):
+                if index and reply.chunk_delay and not await self._pause(reply.chunk_delay):
+                    return response
                 await event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         for call in _tool_calls(reply.tool_calls, self._ids):
             # As OpenAI does: the name and id first, then the arguments in a second delta.
@@ -205,6 +227,13 @@ class ScriptedLLM:
         await response.write_eof()
         return response
 
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds`; False when the server closes first."""
+        assert self._closing is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        return not self._closing.is_set()
+
     def _envelope(self, model: str, kind: str) -> Body:
         return {"id": f"chatcmpl-{next(self._ids)}", "object": kind, "created": int(time.time()), "model": model}
 
@@ -217,6 +246,7 @@ class ScriptedLLM:
     # -- on the current loop --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen on a free port of 127.0.0.1; `url` is then `http://127.0.0.1:PORT/v1`."""
+        self._closing = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/chat/completions", self._completions)
@@ -229,6 +259,8 @@ class ScriptedLLM:
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
     async def close(self) -> None:
+        if self._closing is not None:
+            self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -275,6 +307,15 @@ class ScriptedLLM:
             self._thread_loop.call_soon_threadsafe(self._thread_loop.stop)
             self._thread.join(30)
             self._thread = self._thread_loop = None
+
+
+@contextlib.contextmanager
+def refused_url() -> Iterator[str]:
+    """`http://127.0.0.1:PORT/v1` where nothing listens: the port stays bound (not listening) while the context
+    lasts, so every connection to it is refused and no other process can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 # -- a system in a subprocess --------------------------------------------------------------------------------
@@ -425,6 +466,7 @@ class SystemProcess:
 
 
 __all__ = [
+    "HANG",
     "TAG_ENV",
     "Received",
     "Reply",
@@ -434,6 +476,7 @@ __all__ = [
     "all_ready",
     "echo",
     "llmling_command",
+    "refused_url",
     "tagged_processes",
     "wait_gone",
 ]

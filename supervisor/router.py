@@ -185,9 +185,8 @@ class Router:
             self._forward(result, trace, hops)
             return result
         except AgentRunError as exc:
-            self._on_event(
-                {"event": "run_failed", "agent": slot.name, "id": run_id, "trace_id": trace.id, "error": exc.cause}
-            )
+            failed = {"event": "run_failed", "agent": slot.name, "id": run_id, "trace_id": trace.id}
+            self._on_event({**failed, **exc.reply_fields()})
             raise
         finally:
             self._end(trace)
@@ -227,7 +226,7 @@ class Router:
             raise
         except AgentRunError as exc:
             logger.bind(agent=route.target).warning("downstream run failed: {}", exc.cause)
-            trace.results.append({"agent": route.target, "error": exc.cause, "parent_id": parent["id"]})
+            trace.results.append({"agent": route.target, **exc.reply_fields(), "parent_id": parent["id"]})
         except Exception as exc:
             logger.bind(agent=route.target).opt(exception=exc).warning(
                 "connection {} >> {} failed", route.source, route.target

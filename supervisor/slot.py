@@ -229,7 +229,7 @@ class AgentSlot:
         except (PeerClosed, ConnectionError):
             raise AgentRunError(self.name, "agent process died during the run") from None
         if reply.get("t") == "error":
-            raise AgentRunError(self.name, str(reply.get("error")))
+            raise AgentRunError.from_reply(self.name, reply)
         return reply
 
     # -- stopping -------------------------------------------------------------------------------------------

@@ -1,12 +1,27 @@
-"""Which environment variables a model's provider reads, by litellm's provider naming (without importing it).
+"""Which environment variables a model's provider reads, and when a missing key fails the start.
 
-The one place that answers "which variable holds the key for this model": the supervisor passes these
-variables to the agent that uses the model (supervisor/environment.py), and a missing key is reported by name.
-A provider that is not listed here needs no variable from us (e.g. `ollama/`), or its user names them with
-`api_key_env` / `env_passthrough`.
+The one table, by litellm's provider naming (without importing litellm): the supervisor passes an agent the
+variables of its model's provider (supervisor/environment.py), the agent's `backend` component checks the key
+at start, and `llmling validate` checks it too.
+
+Rules for the key (first match wins):
+1. `api_key_env: VAR` set: VAR holds the key and must be set (non-empty), whatever the provider.
+2. `local/<name>` (the embedded model), or an `api_base` (a server of your own, e.g. vLLM, Ollama,
+   llama.cpp): no key is required; the provider's variable is sent when it is set.
+3. A provider whose key is checked (`KEY_CHECKED`: `openai/...`, `anthropic/...`, a bare `gpt-...`/`claude-...`,
+   ...): its key variable (the first of its variables) must be set.
+4. Any other provider (bedrock, vertex_ai, ollama, ...): not checked; litellm finds its credentials itself.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+from llmling.errors import MissingAPIKey
+
+LOCAL_PREFIX = "local/"
 
 # litellm's provider prefix → the variables it reads for that provider, the one that holds the key first.
 PROVIDER_ENV: dict[str, tuple[str, ...]] = {
@@ -49,15 +64,34 @@ PROVIDER_ENV: dict[str, tuple[str, ...]] = {
     "hosted_vllm": ("HOSTED_VLLM_API_KEY",),
 }
 
+# Providers whose key variable must be set (rule 3); the others authenticate in ways of their own.
+KEY_CHECKED = frozenset(
+    {
+        "openai",
+        "anthropic",
+        "gemini",
+        "mistral",
+        "groq",
+        "deepseek",
+        "openrouter",
+        "xai",
+        "cohere",
+        "together_ai",
+        "fireworks_ai",
+        "perplexity",
+        "cerebras",
+    }
+)
+
 # Model names litellm maps to a provider without a prefix (`gpt-4o-mini` is OpenAI's).
 _BARE_PREFIXES = (
-    (("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "davinci", "babbage"), "openai"),
+    (("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-", "davinci", "babbage"), "openai"),
     (("claude-",), "anthropic"),
 )
 
 
 def provider(model: str) -> str | None:
-    """The litellm provider of `model` (`openai/gpt-4o` → `openai`), None when it cannot be told."""
+    """The litellm provider of `model` (`openai/gpt-4o` -> `openai`), None when it cannot be told."""
     prefix, slash, _ = model.partition("/")
     if slash:
         return prefix
@@ -73,8 +107,51 @@ def provider_env(model: str) -> tuple[str, ...]:
     return PROVIDER_ENV.get(name, ()) if name else ()
 
 
-def key_env(model: str) -> str | None:
-    """The variable that holds the API key for `model` (`OPENAI_API_KEY` for `openai/...`), None when its
-    provider needs none or is not known here."""
+def key_variable(model: str, api_key_env: str | None = None) -> str | None:
+    """The environment variable that holds this model's key: `api_key_env`, else the provider's, else None."""
+    if api_key_env:
+        return api_key_env
     names = provider_env(model)
     return names[0] if names else None
+
+
+def required_key(model: str, api_base: str | None = None, api_key_env: str | None = None) -> str | None:
+    """The variable that must be set for this model to start (rules above), None when none must be."""
+    if api_key_env:
+        return api_key_env
+    if model.startswith(LOCAL_PREFIX) or api_base or provider(model) not in KEY_CHECKED:
+        return None
+    return key_variable(model)
+
+
+def check_key(
+    model: str,
+    api_base: str | None = None,
+    api_key_env: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Raise MissingAPIKey naming the variable when this model's required key is not set."""
+    variable = required_key(model, api_base, api_key_env)
+    if variable and not environ.get(variable):
+        raise MissingAPIKey(variable, model)
+
+
+class ModelAgent(Protocol):
+    """What the key check reads of an agent's config (AgentConfig has it)."""
+
+    model: str | None
+    api_base: str | None
+    api_key_env: str | None
+
+
+def missing_keys(agents: Mapping[str, ModelAgent], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`agents.<name>.model` -> "VAR is not set (model M)" for every agent whose required key is not set."""
+    missing = {}
+    for name, agent in agents.items():
+        if agent.model is None:
+            continue
+        try:
+            check_key(agent.model, agent.api_base, agent.api_key_env, environ)
+        except MissingAPIKey as exc:
+            missing[f"agents.{name}.model"] = str(exc)
+    return missing

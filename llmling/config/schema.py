@@ -21,21 +21,26 @@ from llmling.config.capabilities import (
     mcp_server_short_form,
     server_name,
 )
+from llmling.config.providers import LOCAL_PREFIX
 from llmling.config.triggers import BackgroundConfig, TriggerConfig, unique_trigger_names
 from llmling.names import check_name, expand_short_form
 
-LOCAL_PREFIX = "local/"
-
 
 class ModelSettings(Strict):
-    """Sampling settings passed to the model call as they are."""
+    """Sampling settings passed to the model call as they are, and the call's time and retry limits."""
 
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
     stop: list[str] | None = None
-    timeout: float | None = Field(None, gt=0, description="seconds for one model call")
+    # Invariant: one deadline for the whole model call (every attempt, the backoff waits, the whole stream).
+    timeout: float = Field(
+        120.0, gt=0, description="seconds one model call may take, retries and streaming included"
+    )
+    num_retries: int = Field(
+        2, ge=0, le=10, description="retries of a call the provider answered 429 or 5xx (with backoff)"
+    )
 
 
 class WordMatch(Strict):
