@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from llmling.cli.automation import background, trigger
+from llmling.cli.complete import agent_names
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
@@ -36,7 +37,7 @@ def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @click.argument("text")
 @with_system
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
@@ -108,7 +109,7 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @with_system
 @click.option("--limit", "-l", default=20, show_default=True, help="the last N runs (0: all, at most 1000)")
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","path","runs":[...],"totals"} as JSON')
@@ -144,14 +145,20 @@ def stop(name: str | None, socket_: str | None, timeout: float) -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def validate(config: str) -> None:
-    """Check CONFIG; print the problems with file:line, exit 2 when there are any."""
+    """Check CONFIG (also that every module:function path resolves); print the problems with file:line,
+    exit 2 when there are any."""
     from llmling.config import load_config
+    from llmling.config.import_check import check_import_paths
     from llmling.errors import ConfigError
 
     try:
         system = load_config(config)
-    except ConfigError as exc:
+        problems = check_import_paths(system, config)
+    except (ConfigError, RuntimeError) as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if problems:
+        click.echo("error: " + "\n".join(problems), err=True)
         sys.exit(2)
     count = len(system.agents)
     click.echo(f"{config}: ok (system {system.name!r}, {count} agent{'s' if count != 1 else ''})")

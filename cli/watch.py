@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from llmling.cli.complete import agent_names
 from llmling.ipc.client import Client, NotRunning
 from llmling.ipc.paths import SOCKET_ENV, is_live, socket_path
 
@@ -212,6 +213,11 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
             printer(event)
 
     def listener(system: SystemConfig) -> Callable[[Message], None]:
+        from llmling.names import unknown
+
+        for agent in wanted:
+            if agent not in system.agents:
+                raise click.ClickException(unknown("agent", agent, system.agents))
         if not printer.as_json:
             click.echo(f"starting {system.name!r} (Ctrl+C to stop)", err=True)
         return on_event
@@ -225,7 +231,14 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
 @click.option("--name", "-n", help="system name (default: from CONFIG, or the only system running)")
 @click.option("--socket", "socket_", envvar=SOCKET_ENV, help="control socket path")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
-@click.option("--agent", "-a", "agents", multiple=True, help="only events of this agent (repeatable)")
+@click.option(
+    "--agent",
+    "-a",
+    "agents",
+    multiple=True,
+    shell_complete=agent_names,
+    help="only events of this agent (repeatable)",
+)
 @click.option("--log-level", default="WARNING", show_default=True, help="log level when this starts the system")
 def watch(
     config_arg: str | None,

@@ -19,6 +19,7 @@ from llmling.config import AgentConfig, ConnectionConfig, SystemConfig, load_con
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.paths import runtime_dir
 from llmling.messages import ChatMessage
+from llmling.names import unknown
 from llmling.supervisor import conditions
 from llmling.supervisor.router import Route
 from llmling.supervisor.system import Supervisor
@@ -100,7 +101,7 @@ class AgentPool(Generic[TDeps]):
         try:
             return self._agents[name]
         except KeyError:
-            raise UnknownAgentError(f"unknown agent {name!r}") from None
+            raise UnknownAgentError(unknown("agent", name, self._agents)) from None
 
     __getitem__ = get_agent
 

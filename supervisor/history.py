@@ -30,6 +30,7 @@ from loguru import logger
 
 from llmling.errors import UnknownAgentError
 from llmling.ipc.peer import Peer
+from llmling.names import unknown
 from llmling.supervisor.control import BadRequest, field
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ class HistoryService:
         agent = field(message, "agent", str)
         limit = field(message, "limit", int, 20)
         if agent not in self.config.agents:
-            raise UnknownAgentError(f"unknown agent {agent!r}")
+            raise UnknownAgentError(unknown("agent", agent, self.config.agents))
         if not 0 <= limit <= MAX_LIMIT:
             raise BadRequest(f"field 'limit' must be between 0 and {MAX_LIMIT}")
         self.flush()

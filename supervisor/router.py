@@ -19,6 +19,7 @@ from loguru import logger
 
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.peer import OnChunk, new_id
+from llmling.names import unknown
 from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
 
@@ -74,7 +75,7 @@ class Router:
     def slot(self, agent: str) -> AgentSlot:
         slot = self._slots.get(agent)
         if slot is None:
-            raise UnknownAgentError(f"unknown agent {agent!r}")
+            raise UnknownAgentError(unknown("agent", agent, self._slots))
         return slot
 
     def connect(self, route: Route) -> Route:
