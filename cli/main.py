@@ -113,9 +113,26 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
 @with_system
 @click.option("--limit", "-l", default=20, show_default=True, help="the last N runs (0: all, at most 1000)")
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","path","runs":[...],"totals"} as JSON')
-def history(agent: str, name: str | None, socket_: str | None, limit: int, as_json: bool) -> None:
-    """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals."""
-    reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="read this config's history.db directly")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="read the history.db in this folder directly")
+def history(
+    agent: str,
+    name: str | None,
+    socket_: str | None,
+    limit: int,
+    as_json: bool,
+    config: str | None,
+    state_dir: str | None,
+) -> None:
+    """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals.
+
+    Asks the running system; with --config or --state-dir, or when no system runs, reads history.db directly."""
+    from llmling.cli.history_offline import find_database, read_history, system_running
+
+    if config or state_dir or not system_running(name, socket_):
+        reply = read_history(find_database(config, state_dir, name), agent, limit)
+    else:
+        reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
     if as_json:
         reply.pop("t", None)
         reply.pop("re", None)

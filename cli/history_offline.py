@@ -1,0 +1,90 @@
+"""`llmling history` when no system runs: read history.db directly (read-only; sqlite3 is imported on this path
+only).
+
+Which database: the one of `--config` (its state folder, `state_dir:` included), else `--state-dir`, else the
+only state folder under `$XDG_STATE_HOME/llmling/` that has a history.db (of system `--name` when given).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llmling.ipc.paths import SOCKET_ENV, is_live, runtime_dir, socket_path
+from llmling.names import unknown
+
+Message = dict[str, Any]
+DB_NAME = "history.db"
+# The most runs one `history` shows (the supervisor's bound too).
+MAX_LIMIT = 1000
+
+
+def system_running(name: str | None, socket_: str | None) -> bool:
+    """Whether the client commands would find a running system (a live socket)."""
+    if socket_ or name or os.environ.get(SOCKET_ENV):
+        return is_live(socket_path(name or "", socket_))
+    directory = runtime_dir()
+    return directory.is_dir() and any(is_live(path) for path in directory.glob("*.sock"))
+
+
+def _of_name(folder: Path, name: str) -> bool:
+    """`<name>-<8 hex digits>` (or a legacy `<name>`) is a state folder of system `name`."""
+    stem, _, key = folder.name.rpartition("-")
+    return folder.name == name or (stem == name and len(key) == 8 and all(c in "0123456789abcdef" for c in key))
+
+
+def find_database(config: str | None, state_dir: str | None, name: str | None) -> Path:
+    """The history.db to read. Raises ClickException naming what was looked at."""
+    if config:
+        from llmling.config import load_config
+        from llmling.errors import ConfigError
+
+        try:
+            return load_config(config).state_path / DB_NAME
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    if state_dir:
+        return Path(state_dir).expanduser() / DB_NAME
+    from llmling.config.state import state_base
+
+    base = state_base()
+    found = sorted(path for path in base.glob(f"*/{DB_NAME}") if name is None or _of_name(path.parent, name))
+    if len(found) == 1:
+        return found[0]
+    which = f" of system {name!r}" if name else ""
+    if not found:
+        raise click.ClickException(f"no system is running and no run history{which} is in {base}")
+    folders = ", ".join(path.parent.name for path in found)
+    raise click.ClickException(
+        f"no system is running and {len(found)} histories{which} are in {base} ({folders}); "
+        "choose one with --config or --state-dir"
+    )
+
+
+def read_history(path: Path, agent: str, limit: int) -> Message:
+    """The `history` reply, read from the file: {agent, path, runs, totals}. Raises ClickException."""
+    import contextlib
+    import sqlite3
+
+    from llmling.supervisor import history_reader
+
+    if not 0 <= limit <= MAX_LIMIT:
+        raise click.ClickException(f"--limit must be between 0 and {MAX_LIMIT}")
+    if not path.is_file():
+        raise click.ClickException(f"no run history at {path}")
+    try:
+        with contextlib.closing(history_reader.open_read_only(path)) as db:
+            known = history_reader.agents(db)
+            if agent not in known:
+                raise click.ClickException(f"{path}: {unknown('agent', agent, known)}")
+            runs = history_reader.runs(db, agent, limit)
+            totals = history_reader.totals(db, agent)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the run history from {path}: {exc}") from None
+    return {"agent": agent, "path": str(path), "runs": runs, "totals": totals}
+
+
+__all__ = ["find_database", "read_history", "system_running"]
