@@ -24,6 +24,8 @@ from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
 
 Message = dict[str, Any]
+# The `run_started` event carries at most this many characters of the prompt.
+EVENT_PROMPT_CHARS = 2000
 OnEvent = Callable[[Message], None]
 
 
@@ -157,7 +159,16 @@ class Router:
             "stream": on_chunk is not None,
         }
         started = time.perf_counter()
-        self._on_event({"event": "run_started", "agent": slot.name, "id": run_id, "trace_id": trace.id})
+        self._on_event(
+            {
+                "event": "run_started",
+                "agent": slot.name,
+                "id": run_id,
+                "trace_id": trace.id,
+                "parent_id": parent_id,
+                "prompt": prompt[:EVENT_PROMPT_CHARS],
+            }
+        )
         try:
             reply = await slot.submit(message, on_chunk)
             result = {
