@@ -11,6 +11,7 @@ import click
 
 from llmling.cli.automation import background, trigger
 from llmling.cli.complete import agent_names
+from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
@@ -190,7 +191,7 @@ def schema() -> None:
 
 
 # Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit):
+for _command in (watch, trigger, background, systemd_unit, logs):
     main.add_command(_command)
 
 

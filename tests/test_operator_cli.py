@@ -44,6 +44,7 @@ def test_unknown_names_message() -> None:
     [
         ["send", "analyser", "hi"],
         ["history", "analyser"],
+        ["logs", "analyser"],
         ["trigger", "disable", "analyser", "tick"],
         ["watch", "--agent", "analyser"],
     ],
