@@ -1,7 +1,8 @@
 """`llmling logs [AGENT] [-f] [-n N] [--json]`: the agents' log lines and stdout/stderr, kept by the supervisor.
 
 A light client of the control socket (click and the IPC client only): works while `up` runs in another terminal
-or under systemd. `-f` follows until Ctrl+C or the system stops.
+or under systemd. `-f` follows until Ctrl+C or the system stops. When no system runs it reads the log files of
+the state folder (`cli/offline.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def _print(text: str) -> None:
         os._exit(0)
 
 
+def _show(entry: Message, as_json: bool) -> None:
+    if as_json:
+        _print(json.dumps({key: entry.get(key) for key in ("agent", "ts", "stream", "level", "text")}))
+    else:
+        _print(line_text(entry))
+
+
 @click.command()
 @click.argument("agent", required=False, shell_complete=agent_names)
 @click.option("--follow", "-f", is_flag=True, help="keep printing new lines until Ctrl+C")
@@ -47,10 +55,29 @@ def _print(text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help='one {"agent","ts","stream","level","text"} a line')
 @click.option("--name", help="system name (default: the only system running)")
 @click.option("--socket", "socket_", envvar=SOCKET_ENV, help="control socket path")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="read this config's log files directly")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="read the log files in this folder directly")
 def logs(
-    agent: str | None, follow: bool, count: int, as_json: bool, name: str | None, socket_: str | None
+    agent: str | None,
+    follow: bool,
+    count: int,
+    as_json: bool,
+    name: str | None,
+    socket_: str | None,
+    config: str | None,
+    state_dir: str | None,
 ) -> None:
-    """Show the agents' log lines and what they printed (of AGENT, or of all, merged by time)."""
+    """Show the agents' log lines and what they printed (of AGENT, or of all, merged by time).
+
+    Asks the running system; with --config or --state-dir, or when no system runs, reads the log files."""
+    from llmling.cli.offline import LOGS, find_state_file, read_logs, system_running
+
+    if config or state_dir or not system_running(name, socket_):
+        if follow:
+            raise click.ClickException("no system is running: --follow needs one")
+        for entry in read_logs(find_state_file(config, state_dir, name, LOGS), agent, count):
+            _show(entry, as_json)
+        return
     request: Message = {"t": "logs", "lines": count, "follow": follow}
     if agent:
         request["agent"] = agent
@@ -65,10 +92,8 @@ def logs(
                     continue
                 if event.get("event") == "dropped":
                     click.echo(f"({event.get('count')} lines dropped: this view was too slow)", err=True)
-                elif as_json:
-                    _print(json.dumps({key: event.get(key) for key in ("agent", "ts", "stream", "level", "text")}))
                 else:
-                    _print(line_text(event))
+                    _show(event, as_json)
     except KeyboardInterrupt:
         return
     except ConnectionError as exc:

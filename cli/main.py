@@ -128,10 +128,10 @@ def history(
     """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals.
 
     Asks the running system; with --config or --state-dir, or when no system runs, reads history.db directly."""
-    from llmling.cli.history_offline import find_database, read_history, system_running
+    from llmling.cli.offline import DB_NAME, find_state_file, read_history, system_running
 
     if config or state_dir or not system_running(name, socket_):
-        reply = read_history(find_database(config, state_dir, name), agent, limit)
+        reply = read_history(find_state_file(config, state_dir, name, DB_NAME), agent, limit)
     else:
         reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
     if as_json:

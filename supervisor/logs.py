@@ -158,7 +158,9 @@ class LogService:
         dropped = message.get("dropped")
         if isinstance(dropped, int) and dropped > 0:
             self.dropped[agent] += dropped
-            logger.bind(agent=agent).warning("{} lines of output dropped (the agent produced them faster than they could be sent)", dropped)
+            logger.bind(agent=agent).warning(
+                "{} lines of output dropped (the agent produced them faster than they could be sent)", dropped
+            )
         if not isinstance(items, list):
             return
         ring, written = self.rings[agent], []

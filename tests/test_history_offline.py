@@ -67,7 +67,7 @@ def test_same_name_in_two_folders_keeps_two_histories(
     # Without a hint, two histories of systems named `same` are ambiguous: a clear error, no guess.
     done = llmling("history", "echo", env=runtime)
     assert done.returncode == 1
-    assert "no system is running and 2 histories are in" in done.stderr and "--config" in done.stderr
+    assert "no system is running and 2 folders in" in done.stderr and "--config" in done.stderr
     done = llmling("history", "nosuch", "--config", str(first.config), env=runtime)
     assert done.returncode == 1
     assert "unknown agent 'nosuch' (agents: echo)" in done.stderr

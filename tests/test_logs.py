@@ -168,3 +168,27 @@ def test_rotating_file_keeps_n_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert all(path.stat().st_size <= 1000 + 120 for path in (tmp_path / "logs").iterdir())
     newest = (tmp_path / "logs" / "a.log").read_text().splitlines()
     assert json.loads(newest[-1])["text"] == "line 099"
+
+
+def test_log_files_are_read_when_no_system_runs(systems: Systems, tmp_path: Path) -> None:
+    system = systems.start("agents:\n  talker: {callback: 'talker:chat'}\n", modules={"talker": TALKER})
+    send(system, "talker", "before the stop")
+    wait_until(lambda: "printed before the stop" in system.log_text(), 30, "the printed line")
+    assert system.stop() == 0
+    env = {**system.env, "XDG_RUNTIME_DIR": str(tmp_path / "no-runtime")}
+
+    def offline(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*llmling_command(), "logs", *args], capture_output=True, text=True, timeout=60, env=env
+        )
+
+    for args in (["talker", "--json"], ["--config", str(system.config), "--json"]):
+        done = offline(*args)
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert ("stdout", "printed before the stop") in {(line["stream"], line["text"]) for line in lines}
+        assert {line["agent"] for line in lines} == {"talker"}
+    done = offline("-f")
+    assert done.returncode == 1 and "--follow needs" in done.stderr
+    done = offline("talkr")
+    assert done.returncode == 1 and "did you mean 'talker'?" in done.stderr

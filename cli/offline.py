@@ -1,8 +1,8 @@
-"""`llmling history` when no system runs: read history.db directly (read-only; sqlite3 is imported on this path
-only).
+"""`llmling history` and `llmling logs` when no system runs: read the state folder directly (history.db read-only,
+sqlite3 imported on this path only; logs/<agent>.log).
 
-Which database: the one of `--config` (its state folder, `state_dir:` included), else `--state-dir`, else the
-only state folder under `$XDG_STATE_HOME/llmling/` that has a history.db (of system `--name` when given).
+Which folder: the one of `--config` (its state folder, `state_dir:` included), else `--state-dir`, else the only
+state folder under `$XDG_STATE_HOME/llmling/` that holds the file wanted (of system `--name` when given).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from llmling.names import unknown
 
 Message = dict[str, Any]
 DB_NAME = "history.db"
+LOGS = "logs"
 # The most runs one `history` shows (the supervisor's bound too).
 MAX_LIMIT = 1000
 
@@ -36,30 +37,32 @@ def _of_name(folder: Path, name: str) -> bool:
     return folder.name == name or (stem == name and len(key) == 8 and all(c in "0123456789abcdef" for c in key))
 
 
-def find_database(config: str | None, state_dir: str | None, name: str | None) -> Path:
-    """The history.db to read. Raises ClickException naming what was looked at."""
+def find_state_file(config: str | None, state_dir: str | None, name: str | None, file: str) -> Path:
+    """`file` (e.g. history.db) in the state folder chosen as the module says. Raises ClickException naming what
+    was looked at."""
     if config:
         from llmling.config import load_config
         from llmling.errors import ConfigError
 
         try:
-            return load_config(config).state_path / DB_NAME
+            return load_config(config).state_path / file
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
     if state_dir:
-        return Path(state_dir).expanduser() / DB_NAME
+        return Path(state_dir).expanduser() / file
     from llmling.config.state import state_base
 
     base = state_base()
-    found = sorted(path for path in base.glob(f"*/{DB_NAME}") if name is None or _of_name(path.parent, name))
+    found = sorted(path for path in base.glob(f"*/{file}") if name is None or _of_name(path.parent, name))
     if len(found) == 1:
         return found[0]
     which = f" of system {name!r}" if name else ""
+    what = "run history" if file == DB_NAME else file
     if not found:
-        raise click.ClickException(f"no system is running and no run history{which} is in {base}")
+        raise click.ClickException(f"no system is running and no {what}{which} is in {base}")
     folders = ", ".join(path.parent.name for path in found)
     raise click.ClickException(
-        f"no system is running and {len(found)} histories{which} are in {base} ({folders}); "
+        f"no system is running and {len(found)} folders{which} in {base} hold {what} ({folders}); "
         "choose one with --config or --state-dir"
     )
 
@@ -87,4 +90,30 @@ def read_history(path: Path, agent: str, limit: int) -> Message:
     return {"agent": agent, "path": str(path), "runs": runs, "totals": totals}
 
 
-__all__ = ["find_database", "read_history", "system_running"]
+def read_logs(folder: Path, agent: str | None, count: int) -> list[Message]:
+    """The last `count` lines of `agent` (None: of every agent, merged by time) from the log files in `folder`,
+    oldest first. Only the newest rotated file of each agent is read past the current one when needed."""
+    if not folder.is_dir():
+        raise click.ClickException(f"no logs in {folder}")
+    import json
+
+    agents = sorted(path.name.removesuffix(".log") for path in folder.glob("*.log"))
+    if agent is not None and agent not in agents:
+        raise click.ClickException(f"{folder}: {unknown('agent', agent, agents)}")
+    entries: list[Message] = []
+    for name in [agent] if agent else agents:
+        lines: list[str] = []
+        for path in (folder / f"{name}.log", folder / f"{name}.log.1"):
+            if len(lines) >= count or not path.is_file():
+                break
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() + lines
+        for line in lines[-count:] if count else []:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash
+    entries.sort(key=lambda entry: float(entry.get("ts") or 0.0))
+    return entries[-count:] if count else []
+
+
+__all__ = ["find_state_file", "read_history", "read_logs", "system_running"]
