@@ -18,6 +18,7 @@ import uvloop
 from loguru import logger
 
 from llmling.agent_proc.death import die_with_parent, name_process
+from llmling.agent_proc.output import AgentOutput
 from llmling.agent_proc.reply import error_frame
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
@@ -55,6 +56,7 @@ class AgentProcess:
     async def main(self) -> None:
         self.peer = peer = await connect(self.spec.socket_path, self.on_message, on_close=self.on_close)
         await peer.request({"t": "hello", "role": "agent", "agent": self.spec.name, "token": self.spec.token})
+        output = AgentOutput.install(peer, self.spec.log_level)  # loguru, fd 1 and 2 → `log` frames
         try:
             self.runtime = AgentRuntime(self.spec)
             await self.runtime.init(self._component, parallel=self.spec.config.get("parallel_init", True))
@@ -62,6 +64,7 @@ class AgentProcess:
             self.log.error("init failed: {}", exc)
             if self.runtime is not None:
                 await self.runtime.close()  # before `failed`: the supervisor ends the process after it
+            await output.close()
             peer.send({"t": "failed", "error": redact(str(exc))})
             return
         peer.send({"t": "ready", "pid": os.getpid()})
@@ -70,6 +73,7 @@ class AgentProcess:
             await self._stop.wait()
             worker.cancel()
         await self.runtime.close()
+        await output.close()
         peer.close()
 
     def _component(self, name: str, state: str) -> None:

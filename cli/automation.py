@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from llmling.cli.complete import agent_names
 from llmling.cli.target import request, with_system
 
 Message = dict[str, Any]
@@ -25,7 +26,7 @@ def _set_trigger(agent: str, trigger_name: str, name: str | None, socket_: str |
 
 
 @trigger.command("enable")
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @click.argument("trigger_name", metavar="NAME")
 @with_system
 def trigger_enable(agent: str, trigger_name: str, name: str | None, socket_: str | None) -> None:
@@ -34,7 +35,7 @@ def trigger_enable(agent: str, trigger_name: str, name: str | None, socket_: str
 
 
 @trigger.command("disable")
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @click.argument("trigger_name", metavar="NAME")
 @with_system
 def trigger_disable(agent: str, trigger_name: str, name: str | None, socket_: str | None) -> None:
@@ -70,7 +71,7 @@ def background() -> None:
 
 
 @background.command("start")
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @click.argument("prompt")
 @click.option("--interval", "-i", type=float, required=True, help="seconds between the starts of two runs")
 @click.option("--max-count", type=click.IntRange(min=1), help="stop after this many runs")
@@ -89,7 +90,7 @@ def background_start(
 
 
 @background.command("stop")
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @with_system
 def background_stop(agent: str, name: str | None, socket_: str | None) -> None:
     """Stop AGENT's background runs (a run in flight still finishes)."""

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from llmling.cli.automation import background, trigger
+from llmling.cli.complete import agent_names
+from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
@@ -37,7 +39,7 @@ def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @click.argument("text")
 @with_system
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
@@ -113,13 +115,30 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_names)
 @with_system
 @click.option("--limit", "-l", default=20, show_default=True, help="the last N runs (0: all, at most 1000)")
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","path","runs":[...],"totals"} as JSON')
-def history(agent: str, name: str | None, socket_: str | None, limit: int, as_json: bool) -> None:
-    """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals."""
-    reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="read this config's history.db directly")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="read the history.db in this folder directly")
+def history(
+    agent: str,
+    name: str | None,
+    socket_: str | None,
+    limit: int,
+    as_json: bool,
+    config: str | None,
+    state_dir: str | None,
+) -> None:
+    """Show AGENT's recorded runs (prompt, reply, tokens, cost), oldest first, and its totals.
+
+    Asks the running system; with --config or --state-dir, or when no system runs, reads history.db directly."""
+    from llmling.cli.offline import DB_NAME, find_state_file, read_history, system_running
+
+    if config or state_dir or not system_running(name, socket_):
+        reply = read_history(find_state_file(config, state_dir, name, DB_NAME), agent, limit)
+    else:
+        reply = request(name, socket_, {"t": "history", "agent": agent, "limit": limit})
     if as_json:
         reply.pop("t", None)
         reply.pop("re", None)
@@ -149,20 +168,23 @@ def stop(name: str | None, socket_: str | None, timeout: float) -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def validate(config: str) -> None:
-    """Check CONFIG and the API keys its models need; print the problems, exit 2 when there are any."""
+    """Check CONFIG: its schema, that every module:function path resolves, and the API keys its models need;
+    print the problems with file:line, exit 2 when there are any."""
     from llmling.config import load_config
+    from llmling.config.import_check import check_import_paths
     from llmling.config.providers import missing_keys
     from llmling.errors import ConfigError
 
     try:
         system = load_config(config)
-    except ConfigError as exc:
+        problems = check_import_paths(system, config)
+    except (ConfigError, RuntimeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    missing = missing_keys(system.agents)
-    for where, problem in missing.items():
-        click.echo(f"error: {config}: {where}: {problem}", err=True)
-    if missing:
+    problems += [f"{config}: {where}: {problem}" for where, problem in missing_keys(system.agents).items()]
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
         sys.exit(2)
     count = len(system.agents)
     click.echo(f"{config}: ok (system {system.name!r}, {count} agent{'s' if count != 1 else ''})")
@@ -177,7 +199,7 @@ def schema() -> None:
 
 
 # Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit):
+for _command in (watch, trigger, background, systemd_unit, logs):
     main.add_command(_command)
 
 

@@ -94,6 +94,11 @@ def host(
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
+    from llmling.config.state import migration_note
+
+    note = None if config.state_dir else migration_note(config.name, config.state_path)
+    if note:
+        click.echo(note, err=True)
     configure_logging(log_level)
     from llmling.supervisor.serve import run
 

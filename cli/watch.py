@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from llmling.cli.complete import agent_names
 from llmling.ipc.client import Client, NotRunning
 from llmling.ipc.paths import SOCKET_ENV, is_live, socket_path
 
@@ -79,7 +80,9 @@ def describe(event: Message) -> tuple[str, str, str] | None:
         state = "enabled" if event.get("enabled") else "disabled"
         return agent, "trigger", f"{event.get('kind')} {event.get('trigger')} {state}"
     if kind == "run_started":
-        return agent, "run", f"started {_short(event.get('id'))} trace {event.get('trace_id')}"
+        parent = f" from {event.get('parent_id')}" if event.get("parent_id") else ""
+        started = f"started {_short(event.get('id'))} trace {event.get('trace_id')}{parent}"
+        return agent, "run", f"{started}: {preview(event.get('prompt'))}"
     if kind == "run_finished":
         elapsed = event.get("elapsed_total") or event.get("elapsed") or 0.0
         return (
@@ -128,11 +131,41 @@ def describe(event: Message) -> tuple[str, str, str] | None:
     return None
 
 
+class Lineage:
+    """How deep each run sits in its message tree, so a forwarded run is drawn under its parent.
+
+    Invariant: at most `limit` runs are remembered (the oldest are forgotten first); a run whose parent is
+    forgotten or unknown (started before the watch attached) is drawn at the top level.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.depths: dict[str, int] = {}
+
+    def depth(self, event: Message) -> int:
+        run_id = event.get("id")
+        if not isinstance(run_id, str):
+            return 0
+        if event.get("event") == "run_started":
+            parent = self.depths.get(str(event.get("parent_id")))
+            self.depths[run_id] = 0 if parent is None else parent + 1
+            if len(self.depths) > self.limit:
+                del self.depths[next(iter(self.depths))]
+        return self.depths.get(run_id, 0)
+
+    @staticmethod
+    def draw(who: str, depth: int) -> str:
+        """`summarizer` under its parent: `  └ summarizer` (two spaces a level)."""
+        return f"{'  ' * (depth - 1)}└ {who}" if depth else who
+
+
 class Printer:
-    """Writes one line per event to stdout: human-readable, or one JSON object a line with `as_json`."""
+    """Writes one line per event to stdout: human-readable (forwarded runs drawn under their parents), or one
+    JSON object a line with `as_json`."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.lineage = Lineage()
 
     def __call__(self, event: Message) -> None:
         if "ts" not in event:
@@ -144,6 +177,8 @@ class Printer:
             if described is None:
                 return
             who, what, details = described
+            if what == "run":
+                who = Lineage.draw(who, self.lineage.depth(event))
             stamp = time.strftime("%H:%M:%S", time.localtime(float(event["ts"])))
             line = f"{stamp}  {who:<16} {what:<10} {details}"
         try:
@@ -219,6 +254,11 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
             printer(event)
 
     def listener(system: SystemConfig) -> Callable[[Message], None]:
+        from llmling.names import unknown
+
+        for agent in wanted:
+            if agent not in system.agents:
+                raise click.ClickException(unknown("agent", agent, system.agents))
         if not printer.as_json:
             click.echo(f"starting {system.name!r} (Ctrl+C to stop)", err=True)
         return on_event
@@ -232,7 +272,14 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
 @click.option("--name", "-n", help="system name (default: from CONFIG, or the only system running)")
 @click.option("--socket", "socket_", envvar=SOCKET_ENV, help="control socket path")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
-@click.option("--agent", "-a", "agents", multiple=True, help="only events of this agent (repeatable)")
+@click.option(
+    "--agent",
+    "-a",
+    "agents",
+    multiple=True,
+    shell_complete=agent_names,
+    help="only events of this agent (repeatable)",
+)
 @click.option("--log-level", default="WARNING", show_default=True, help="log level when this starts the system")
 def watch(
     config_arg: str | None,
@@ -265,4 +312,4 @@ def watch(
     sys.exit(start(config, socket_, printer, log_level, list(agents)))
 
 
-__all__ = ["Printer", "describe", "target_socket", "watch"]
+__all__ = ["Lineage", "Printer", "describe", "target_socket", "watch"]

@@ -20,6 +20,7 @@ from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.paths import runtime_dir
 from llmling.logs import enable_from_environment, library_level
 from llmling.messages import ChatMessage
+from llmling.names import unknown
 from llmling.supervisor import conditions
 from llmling.supervisor.router import Route
 from llmling.supervisor.system import Supervisor
@@ -118,7 +119,7 @@ class AgentPool(Generic[TDeps]):
         try:
             return self._agents[name]
         except KeyError:
-            raise UnknownAgentError(f"unknown agent {name!r}") from None
+            raise UnknownAgentError(unknown("agent", name, self._agents)) from None
 
     __getitem__ = get_agent
 

@@ -197,7 +197,6 @@ class AgentRunError(LLMlingError):
         return fields
 
 
-
 class AgentBusyError(AgentRunError):
     """The agent's queue is full (`max_queue`): the run was refused, not started. Try again later."""
 

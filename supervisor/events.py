@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from llmling.errors import UnknownAgentError
 from llmling.ipc.peer import Peer
+from llmling.names import unknown
 from llmling.supervisor.control import BadRequest, field
 
 if TYPE_CHECKING:
@@ -70,6 +72,9 @@ class EventStream:
         agents = field(message, "agents", (list, type(None)), default=None)
         if agents is not None and not all(isinstance(agent, str) for agent in agents):
             raise BadRequest("field 'agents' must be a list of agent names")
+        for agent in agents or ():
+            if agent not in self._supervisor.slots:
+                raise UnknownAgentError(unknown("agent", agent, self._supervisor.slots))
         subscription = Subscription(peer, message, frozenset(agents) if agents is not None else None)
         self.subscriptions.append(subscription)
         status = self._supervisor.status()

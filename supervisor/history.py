@@ -30,6 +30,8 @@ from loguru import logger
 
 from llmling.errors import UnknownAgentError
 from llmling.ipc.peer import Peer
+from llmling.names import unknown
+from llmling.supervisor import history_reader
 from llmling.supervisor.control import BadRequest, field
 
 if TYPE_CHECKING:
@@ -118,51 +120,15 @@ class HistoryStore:
 
     def runs(self, agent: str, limit: int) -> list[Message]:
         """The last `limit` runs of `agent` (0: all), oldest first."""
-        rows = self.db.execute(
-            "SELECT * FROM runs WHERE agent = ? ORDER BY seq DESC LIMIT ?", (agent, limit or -1)
-        ).fetchall()
-        return [_run(row) for row in reversed(rows)]
+        return history_reader.runs(self.db, agent, limit)
 
     def totals(self, agent: str) -> Message:
-        row = self.db.execute(
-            "SELECT COUNT(*) AS runs, SUM(prompt_tokens) AS prompt_tokens, "
-            "SUM(completion_tokens) AS completion_tokens, SUM(total_tokens) AS total_tokens, SUM(cost) AS cost "
-            "FROM runs WHERE agent = ?",
-            (agent,),
-        ).fetchone()
-        return {key: row[key] if key == "cost" else row[key] or 0 for key in row.keys()}  # noqa: SIM118
+        return history_reader.totals(self.db, agent)
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _run(row: sqlite3.Row) -> Message:
-    try:
-        usage = json.loads(row["usage"]) if row["usage"] else {}
-    except ValueError:
-        usage = {}
-    usage.update(
-        {
-            "prompt_tokens": row["prompt_tokens"],
-            "completion_tokens": row["completion_tokens"],
-            "total_tokens": row["total_tokens"],
-            "cost": row["cost"],
-        }
-    )
-    return {
-        "seq": row["seq"],
-        "id": row["run_id"],
-        "trace_id": row["trace_id"],
-        "parent_id": row["parent_id"],
-        "finished_at": row["finished_at"],
-        "prompt": row["prompt"],
-        "content": row["content"],
-        "usage": usage,
-        "elapsed": row["elapsed"],
-        "session": row["session"],
-    }
 
 
 def _zero() -> Message:
@@ -301,7 +267,7 @@ class HistoryService:
         agent = field(message, "agent", str)
         limit = field(message, "limit", int, 20)
         if agent not in self.config.agents:
-            raise UnknownAgentError(f"unknown agent {agent!r}")
+            raise UnknownAgentError(unknown("agent", agent, self.config.agents))
         if not 0 <= limit <= MAX_LIMIT:
             raise BadRequest(f"field 'limit' must be between 0 and {MAX_LIMIT}")
         self.flush()

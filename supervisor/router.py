@@ -20,10 +20,13 @@ from loguru import logger
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 from llmling.ipc.peer import OnChunk, new_id
+from llmling.names import unknown
 from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
 
 Message = dict[str, Any]
+# The `run_started` event carries at most this many characters of the prompt.
+EVENT_PROMPT_CHARS = 2000
 OnEvent = Callable[[Message], None]
 
 
@@ -75,7 +78,7 @@ class Router:
     def slot(self, agent: str) -> AgentSlot:
         slot = self._slots.get(agent)
         if slot is None:
-            raise UnknownAgentError(f"unknown agent {agent!r}")
+            raise UnknownAgentError(unknown("agent", agent, self._slots))
         return slot
 
     def connect(self, route: Route) -> Route:
@@ -157,7 +160,16 @@ class Router:
             "stream": on_chunk is not None,
         }
         started = time.perf_counter()
-        self._on_event({"event": "run_started", "agent": slot.name, "id": run_id, "trace_id": trace.id})
+        self._on_event(
+            {
+                "event": "run_started",
+                "agent": slot.name,
+                "id": run_id,
+                "trace_id": trace.id,
+                "parent_id": parent_id,
+                "prompt": prompt[:EVENT_PROMPT_CHARS],
+            }
+        )
         try:
             try:
                 check_prompt_size(prompt)  # every source: clients, triggers, the Python API, forwarded replies

@@ -29,6 +29,7 @@ from llmling.supervisor.control import Control
 from llmling.supervisor.environment import agent_environment, register_secrets
 from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
+from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
 from llmling.supervisor.router import Router
 from llmling.supervisor.routes import route_from_config
@@ -102,6 +103,9 @@ class Supervisor:
         # Automation: the event stream (`subscribe`), the triggers of every agent (one service per
         # kind in use; `trigger`/`triggers`) and background runs (`background_start`/`_stop`/`_list`).
         self.events = EventStream(self)
+        # The agents' output (loguru records, fd 1/2 lines): rings, rotating files, `logs` requests.
+        self.logs = LogService(self)
+        self.services.append(self.logs)
         self.triggers = Triggers(self)
         self.background = BackgroundRuns(self)
 
@@ -164,7 +168,9 @@ class Supervisor:
 
     def _on_message(self, peer: Peer, message: Message) -> None:
         slot = peer.info
-        if isinstance(slot, AgentSlot):
+        if isinstance(slot, AgentSlot) and message.get("t") == "log":
+            self.logs.on_agent_log(slot.name, message)
+        elif isinstance(slot, AgentSlot):
             slot.on_agent_message(peer, message)
         elif message.get("t") == "hello" and message.get("role") == "agent":
             slot = self.slots.get(str(message.get("agent")))

@@ -1,4 +1,4 @@
-"""`llmling send`, `status` and `stop` are light clients: they load click and the IPC client, nothing heavy."""
+"""`llmling send`, `status`, `logs` and `stop` are light clients: they load click and the IPC client only."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def run_probe(*args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, loaded
 
 
-@pytest.mark.parametrize("command", [["send", "echo", "hi"], ["status", "--json"], ["stop"]])
+@pytest.mark.parametrize("command", [["send", "echo", "hi"], ["status", "--json"], ["logs", "--json"], ["stop"]])
 def test_client_commands_import_nothing_heavy(systems: Systems, command: list[str]) -> None:
     system = systems.start("agents:\n  echo: {callback: 'cb:echo'}\n")
     code, out, loaded = run_probe(*command, "--socket", str(system.socket))

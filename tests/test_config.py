@@ -328,6 +328,9 @@ def llmling(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_validate_accepts_a_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "demo.yml"
     path.write_text(VALID)
+    (tmp_path / "tools").mkdir()
+    # validate imports it
+    (tmp_path / "tools" / "printing.py").write_text("def show(prompt):\n    return prompt\n")
     done = llmling("validate", str(path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{path}: ok (system 'demo', 3 agents)"

@@ -4,64 +4,109 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
+import subprocess
+import sys
 import time
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from llmling import AgentPool
 from llmling.config import load_config
-from llmling.cron import Cron, CronError
+from llmling.cron import CronError, CronSchedule
 from tests._automation import RECORDER, got, wait_until, write_system
 
+# -- the cron schedule (croniter, walked in wall-clock time of a zone) -------------------------------------------
+UTC = ZoneInfo("UTC")
+BERLIN = ZoneInfo("Europe/Berlin")
 
-# -- the cron matcher -----------------------------------------------------------------------------------------
-def test_cron_fields_ranges_steps_lists() -> None:
-    cron = Cron.parse("*/15 9-17 * * 1-5")
-    assert cron.minutes == frozenset({0, 15, 30, 45})
-    assert cron.hours == frozenset(range(9, 18))
-    assert cron.weekdays == frozenset({1, 2, 3, 4, 5})
-    assert Cron.parse("5,10,50-52 * * * *").minutes == frozenset({5, 10, 50, 51, 52})
-    assert Cron.parse("10-30/10 * * * *").minutes == frozenset({10, 20, 30})
-    assert Cron.parse("7/20 * * * *").minutes == frozenset({7, 27, 47})
-    assert Cron.parse("0 0 * jan,jul sun").months == frozenset({1, 7})
-    assert Cron.parse("0 0 * * 7").weekdays == frozenset({0})  # 7 is Sunday too
-    assert Cron.parse("@hourly").minutes == frozenset({0})
+
+def _next(text: str, after: datetime, timezone: str = "UTC") -> datetime:
+    schedule = CronSchedule.parse(text, timezone)
+    _, due = schedule.next_after(None, after.replace(tzinfo=schedule.tz).timestamp())
+    return datetime.fromtimestamp(due, schedule.tz).replace(tzinfo=None)
 
 
 def test_cron_next_after() -> None:
-    every_quarter = Cron.parse("*/15 * * * *")
-    assert every_quarter.next_after(datetime(2024, 3, 1, 10, 7, 30)) == datetime(2024, 3, 1, 10, 15)
-    assert every_quarter.next_after(datetime(2024, 3, 1, 10, 45)) == datetime(2024, 3, 1, 11, 0)
-    hourly = Cron.parse("0 * * * *")
-    assert hourly.next_after(datetime(2024, 12, 31, 23, 0)) == datetime(2025, 1, 1, 0, 0)
-    workdays = Cron.parse("30 9 * * mon-fri")
-    assert workdays.next_after(datetime(2024, 3, 1, 10, 0)) == datetime(2024, 3, 4, 9, 30)  # Fri → Mon
-    leap = Cron.parse("0 0 29 2 *")
-    assert leap.next_after(datetime(2024, 3, 1)) == datetime(2028, 2, 29)
+    assert _next("*/15 * * * *", datetime(2024, 3, 1, 10, 7, 30)) == datetime(2024, 3, 1, 10, 15)
+    assert _next("*/15 * * * *", datetime(2024, 3, 1, 10, 45)) == datetime(2024, 3, 1, 11, 0)
+    assert _next("0 * * * *", datetime(2024, 12, 31, 23, 0)) == datetime(2025, 1, 1, 0, 0)
+    assert _next("30 9 * * mon-fri", datetime(2024, 3, 1, 10, 0)) == datetime(2024, 3, 4, 9, 30)  # Fri → Mon
+    assert _next("0 0 29 2 *", datetime(2024, 3, 1)) == datetime(2028, 2, 29)
+    assert _next("@hourly", datetime(2024, 3, 1, 10, 7)) == datetime(2024, 3, 1, 11, 0)
+    assert _next("0 0 * * 7", datetime(2024, 3, 1)) == datetime(2024, 3, 3)  # 7 is Sunday, like 0
     # Day of month and day of week both restricted: either matches (Vixie cron).
-    either = Cron.parse("0 12 13 * fri")
-    assert either.next_after(datetime(2024, 9, 1)) == datetime(2024, 9, 6, 12)  # a Friday before the 13th
-    assert either.matches(datetime(2024, 9, 13, 12)) and either.matches(datetime(2024, 9, 20, 12))
-    assert not either.matches(datetime(2024, 9, 14, 12))
+    assert _next("0 12 13 * fri", datetime(2024, 9, 1)) == datetime(2024, 9, 6, 12)  # a Friday before the 13th
+    assert _next("0 12 13 * fri", datetime(2024, 9, 6, 12)) == datetime(2024, 9, 13, 12)  # the 13th, a Friday
+    # The zone's wall clock: 09:00 in Tokyo is 00:00 UTC.
+    schedule = CronSchedule.parse("0 9 * * *", "Asia/Tokyo")
+    _, due = schedule.next_after(None, datetime(2024, 3, 1, 1, 0, tzinfo=UTC).timestamp())
+    assert datetime.fromtimestamp(due, UTC) == datetime(2024, 3, 2, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("* * * *", "expected 5 fields"),
+        ("* * * * * *", "expected 5 fields"),
         ("60 * * * *", "out of range"),
         ("*/0 * * * *", "step"),
-        ("30-10 * * * *", "backwards"),
-        ("* * * foo *", "not a number"),
+        ("* * * foo *", "not acceptable"),
         ("0 0 30 2 *", "never matches"),
     ],
 )
 def test_cron_errors(text: str, message: str) -> None:
     with pytest.raises(CronError, match=message):
-        Cron.parse(text).next_after(datetime(2024, 1, 1))
+        CronSchedule.parse(text)
+
+
+def _fires(text: str, timezone: str, start: datetime, end: datetime) -> list[datetime]:
+    """Every fire between `start` and `end` (aware), as the trigger computes them: the next fire is asked for
+    just after the previous one went off."""
+    schedule = CronSchedule.parse(text, timezone)
+    fires: list[datetime] = []
+    wall, now = None, start.timestamp()
+    while True:
+        wall, due = schedule.next_after(wall, now)
+        if due >= end.timestamp():
+            return fires
+        fires.append(datetime.fromtimestamp(due, schedule.tz))
+        now = due + 0.5  # the tick ran; the loop computes the next one
+
+
+@pytest.mark.parametrize(
+    ("day", "expected", "hours"),
+    [
+        # Spring forward: 02:00 CET becomes 03:00 CEST, 02:30 does not exist: it fires once, past the jump.
+        (
+            date(2026, 3, 29),
+            ["2026-03-28T02:30:00+01:00", "2026-03-29T03:30:00+02:00", "2026-03-30T02:30:00+02:00"],
+            70,
+        ),
+        # Fall back: 03:00 CEST becomes 02:00 CET, 02:30 happens twice: it fires at the first one only.
+        (
+            date(2026, 10, 25),
+            ["2026-10-24T02:30:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+            71,
+        ),
+    ],
+)
+def test_cron_dst_neither_skips_nor_doubles(day: date, expected: list[str], hours: int) -> None:
+    start = datetime.combine(day - timedelta(days=1), datetime.min.time(), BERLIN)
+    fires = _fires("30 2 * * *", "Europe/Berlin", start, start + timedelta(days=3))
+    assert [fire.isoformat() for fire in fires] == expected
+    assert [fire.date() for fire in fires] == [day - timedelta(days=1), day, day + timedelta(days=1)]
+    # Hourly over the 3 days after midnight: 71 wall-clock hours. Spring forward: 02:00 fires at 03:00 CEST,
+    # which is then not run again (70 runs). Fall back: the repeated hour does not run twice (71 runs).
+    hourly = _fires("0 * * * *", "Europe/Berlin", start, start + timedelta(days=3))
+    instants = [fire.timestamp() for fire in hourly]
+    assert len(set(instants)) == len(instants) == hours
+    walls = [fire.replace(tzinfo=None) for fire in hourly]
+    assert len(set(walls)) == len(walls)
 
 
 # -- ticks into real runs -------------------------------------------------------------------------------------
@@ -185,6 +230,8 @@ async def test_missed_ticks_are_skipped_not_replayed(tmp_path: Path, sock_path: 
     ("trigger", "message"),
     [
         ("{type: time, name: t, cron: '0 0 30 2 *'}", "invalid cron expression: '0 0 30 2 *' never matches"),
+        ("{type: time, name: t, cron: '0 9 * * *', timezone: Mars/Olympus}", "unknown time zone 'Mars/Olympus'"),
+        ("{type: time, name: t, interval_s: 1, timezone: UTC}", "'timezone' applies to 'cron' only"),
         ("{type: time, name: t, cron: '* * *'}", "expected 5 fields"),
         ("{type: time, name: t}", "set exactly one of 'cron' or 'interval_s'"),
         ("{type: time, name: t, interval_s: 1, cron: '* * * * *'}", "set exactly one"),
@@ -223,3 +270,26 @@ def test_trigger_config_names_and_webhook_conflicts() -> None:
         parse_config(clash, "agents.yml")
     ok = clash.replace("port: 8000}\n  b", "port: 8000, path: /a}\n  b")
     assert len(parse_config(ok).agents["b"].triggers) == 1
+
+
+def test_cron_default_zone_is_local_time_with_its_dst() -> None:
+    """Without `timezone:` the machine's local time counts, DST included (TZ=Europe/Berlin in a child)."""
+    probe = (
+        "from datetime import datetime\n"
+        "from llmling.cron import CronSchedule\n"
+        "s = CronSchedule.parse('30 2 * * *')\n"
+        "wall, now = None, datetime(2026, 10, 24).timestamp()\n"
+        "for _ in range(3):\n"
+        "    wall, due = s.next_after(wall, now)\n"
+        "    print(datetime.fromtimestamp(due).astimezone().isoformat())\n"
+        "    now = due + 0.5\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, "TZ": "Europe/Berlin"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "2026-10-24T02:30:00+02:00",
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00",
+    ]

@@ -203,3 +203,54 @@ async def test_slow_subscriber_is_dropped_not_waited_for(tmp_path: Path, sock_pa
 
 def events_of(frames: list[dict]) -> list[dict]:
     return [frame["event"] for frame in frames if isinstance(frame.get("event"), dict)]
+
+
+CHAIN = """
+agents:
+  analyzer:
+    callback: cb:echo
+    connections: [summarizer]
+  summarizer:
+    callback: cb:upper
+    connections: [archivist]
+  archivist:
+    callback: cb:echo
+"""
+
+
+def test_lineage_forwarded_runs_under_their_parents(systems) -> None:  # type: ignore[no-untyped-def]
+    system = systems.start(CHAIN)
+    with (
+        watching("--socket", str(system.socket), "--json") as as_json,
+        watching("--socket", str(system.socket)) as view,
+    ):
+        as_json.wait_for('"subscribed"')
+        view.wait_for("attached")
+        sent = json.loads(system.cli("send", "analyzer", "look here", "--json", "--wait").stdout)
+        as_json.wait_for('"agent": "archivist", "content"')
+        view.wait_for("finished", timeout=20)
+        wait_until(lambda: sum("finished" in line for line in view.lines) >= 3, 20, "three finished runs")
+    started = {e["agent"]: e for e in map(json.loads, as_json.lines) if e["event"] == "run_started"}
+    assert started["analyzer"]["parent_id"] is None and started["analyzer"]["prompt"] == "look here"
+    assert started["summarizer"]["parent_id"] == sent["id"]
+    assert started["summarizer"]["prompt"] == "echo: look here"
+    assert started["archivist"]["parent_id"] == started["summarizer"]["id"]
+    assert started["archivist"]["prompt"] == "ECHO: LOOK HERE"
+    lines = [line[10:] for line in view.lines if " run " in line]  # without the time stamp
+    first = {name: next(line for line in lines if "started" in line and name in line) for name in started}
+    assert first["analyzer"].startswith("analyzer ") and first["analyzer"].endswith(": look here")
+    assert first["summarizer"].startswith("└ summarizer ") and f"from {sent['id']}" in first["summarizer"]
+    assert first["archivist"].startswith("  └ archivist ")
+    finished = next(line for line in lines if "finished" in line and "archivist" in line)
+    assert finished.startswith("  └ archivist ")
+
+
+def test_event_prompt_is_bounded(systems) -> None:  # type: ignore[no-untyped-def]
+    from llmling.supervisor.router import EVENT_PROMPT_CHARS
+
+    system = systems.start(ECHO)
+    with watching("--socket", str(system.socket), "--json") as view:
+        view.wait_for('"subscribed"')
+        system.cli("send", "analyzer", "-", input="x" * (EVENT_PROMPT_CHARS * 3))
+        line = view.wait_for('"run_started"')
+    assert json.loads(line)["prompt"] == "x" * EVENT_PROMPT_CHARS

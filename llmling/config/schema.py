@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,8 +21,9 @@ from llmling.config.capabilities import (
     server_name,
 )
 from llmling.config.providers import LOCAL_PREFIX
+from llmling.config.state import state_dir as resolve_state_dir
 from llmling.config.triggers import BackgroundConfig, TriggerConfig, unique_trigger_names
-from llmling.names import check_name, expand_short_form
+from llmling.names import check_name, expand_short_form, unknown
 
 
 class ModelSettings(Strict):
@@ -216,7 +216,7 @@ class AgentConfig(Strict):
             if not self.mcp_servers:
                 raise ValueError(f"knowledge resource {ref.uri!r} needs an MCP server in 'mcp_servers'")
             if ref.server is not None and ref.server not in names:
-                raise ValueError(f"knowledge resource {ref.uri!r}: unknown MCP server {ref.server!r}")
+                raise ValueError(f"knowledge resource {ref.uri!r}: {unknown('MCP server', ref.server, names)}")
         return self
 
     @field_validator("callback")
@@ -259,8 +259,8 @@ class SystemConfig(Strict):
     )
     state_dir: str | None = Field(
         None,
-        description="where the run history (history.db) is kept, relative to the config folder; "
-        "default: $XDG_STATE_HOME/llmling/<name> (~/.local/state/llmling/<name>)",
+        description="where the run history (history.db) and the logs are kept, relative to the config folder; "
+        "default: $XDG_STATE_HOME/llmling/<name>-<hash of the config's path> (~/.local/state/llmling/...)",
     )
     # Where the config came from; not part of the file (so not in the schema, and refused in YAML).
     source: SkipJsonSchema[Path | None] = Field(None, exclude=True)
@@ -294,11 +294,8 @@ class SystemConfig(Strict):
 
     @property
     def state_path(self) -> Path:
-        """The folder of this system's state (history.db)."""
-        if self.state_dir:
-            return self.base_dir / os.path.expanduser(self.state_dir)
-        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        return Path(base) / "llmling" / self.name
+        """The folder of this system's state (history.db, logs/): see llmling/config/state.py."""
+        return resolve_state_dir(self.name, self.source, self.state_dir)
 
     @property
     def local_models(self) -> set[str]:

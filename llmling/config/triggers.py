@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from llmling.config.base import Strict
-from llmling.cron import CronError, validate
+from llmling.cron import CronError, validate, zone
 from llmling.names import check_name
 
 # The fields a template may use, per trigger kind.
@@ -172,10 +172,13 @@ class WebhookTrigger(_Trigger):
 
 
 class TimeTrigger(_Trigger):
-    """A run on a schedule: a cron expression (local time) or a fixed interval."""
+    """A run on a schedule: a cron expression (wall clock of `timezone`, default local) or a fixed interval."""
 
     type: Literal["time"]
     cron: str | None = Field(None, description="5 fields: minute hour day-of-month month day-of-week")
+    timezone: str | None = Field(
+        None, description="IANA time zone of the cron expression (`Europe/Berlin`, `UTC`); default: local time"
+    )
     interval_s: float | None = Field(None, gt=0, description="seconds between runs (the first after one interval)")
     prompt: str | None = Field(None, description="the prompt of every run, as it is")
 
@@ -189,10 +192,21 @@ class TimeTrigger(_Trigger):
         except CronError as exc:
             raise ValueError(f"invalid cron expression: {exc}") from None
 
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        try:
+            zone(value)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _one_schedule(self) -> TimeTrigger:
         if (self.cron is None) == (self.interval_s is None):
             raise ValueError("set exactly one of 'cron' or 'interval_s'")
+        if self.timezone is not None and self.cron is None:
+            raise ValueError("'timezone' applies to 'cron' only")
         if self.prompt is not None and self.template is not None:
             raise ValueError("set 'prompt' or 'template', not both")
         return self

@@ -1,4 +1,5 @@
-"""Time triggers: a cron expression (local wall-clock time) or a fixed interval starts runs.
+"""Time triggers: a cron expression (the wall clock of the trigger's `timezone`, default local) or a fixed
+interval starts runs. Daylight saving time neither skips nor doubles a cron run (see llmling/cron.py).
 
 Missed ticks are skipped, never replayed: nothing is remembered across a restart (the next tick is computed
 from the time the system starts), and a tick noticed too late (the machine slept, the clock jumped, the
@@ -13,7 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from llmling.cron import Cron
+from llmling.cron import CronSchedule
 from llmling.supervisor.triggers.base import TriggerHost, TriggerState, render
 
 # A cron tick noticed later than this (seconds) is skipped as missed.
@@ -36,7 +37,11 @@ class TimeTriggers:
     async def start(self) -> None:
         for trigger in self.triggers:
             config: Any = trigger.config
-            loop = self._cron(trigger, Cron.parse(config.cron)) if config.cron else self._interval(trigger)
+            loop = (
+                self._cron(trigger, CronSchedule.parse(config.cron, config.timezone))
+                if config.cron
+                else self._interval(trigger)
+            )
             self.tasks.append(self.host.spawn(loop, name=f"time-trigger-{trigger.label}"))
 
     async def stop(self) -> None:
@@ -64,22 +69,23 @@ class TimeTriggers:
             self.tick(trigger)
             due += interval
 
-    async def _cron(self, trigger: TriggerState, cron: Cron) -> None:
-        due = cron.next_after(datetime.now())
+    async def _cron(self, trigger: TriggerState, schedule: CronSchedule) -> None:
+        wall, due = schedule.next_after(None)
         while True:
-            delay = due.timestamp() - time.time()
+            delay = due - time.time()
             while delay > 0:  # in naps, so a changed wall clock (or a suspend) is noticed
                 await asyncio.sleep(min(delay, CRON_NAP))
-                delay = due.timestamp() - time.time()
-            late = time.time() - due.timestamp()
+                delay = due - time.time()
+            when = datetime.fromtimestamp(due, schedule.tz)  # naive local time, or aware in the zone
+            late = time.time() - due
             if late > CRON_GRACE:
                 self.host.log.bind(agent=trigger.agent).info(
-                    "trigger {}: tick of {} missed by {:.0f} s, skipped", trigger.label, due.isoformat(), late
+                    "trigger {}: tick of {} missed by {:.0f} s, skipped", trigger.label, when.isoformat(), late
                 )
-                self.host.skip(trigger, "missed", due=due.isoformat(timespec="minutes"))
+                self.host.skip(trigger, "missed", due=when.isoformat(timespec="minutes"))
             else:
-                self.tick(trigger, due)
-            due = cron.next_after(max(datetime.now(), due))
+                self.tick(trigger, when)
+            wall, due = schedule.next_after(wall)
 
     def tick(self, trigger: TriggerState, due: datetime | None = None) -> None:
         if not trigger.enabled:
