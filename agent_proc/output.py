@@ -33,6 +33,7 @@ from typing import Any, Literal, TypedDict
 from loguru import logger
 
 from llmling.ipc.peer import Peer
+from llmling.logs import add_sink, redact
 
 # Characters of one line; the rest is cut (ending with "…").
 MAX_LINE = 4096
@@ -51,7 +52,6 @@ CLOSE_GRACE = 1.0
 DRAIN_STEP = 0.01
 
 # How records logged after close() (straight to the original stderr) look.
-LATE_FORMAT = "{time:HH:mm:ss.SSS} {level: <7} [{extra[agent]}] {message}"
 
 Stream = Literal["log", "stdout", "stderr"]
 
@@ -79,7 +79,7 @@ class AgentOutput:
     callers and the loop all add lines); `_scheduled` is true while a `flush` is queued on the loop.
     """
 
-    def __init__(self, peer: Peer, loop: asyncio.AbstractEventLoop, level: str) -> None:
+    def __init__(self, peer: Peer, loop: asyncio.AbstractEventLoop, level: str | None) -> None:
         self._peer = peer
         self._level = level
         self._loop = loop
@@ -95,19 +95,22 @@ class AgentOutput:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def install(cls, peer: Peer, level: str) -> AgentOutput:
-        """Route loguru (at `level` and above) and fd 1/2 to the supervisor; returns the owner to close()."""
+    def install(cls, peer: Peer, level: str | None) -> AgentOutput:
+        """Route loguru (at `level` and above; no log lines when None, as in quiet library use) and fd 1/2 to
+        the supervisor; returns the owner to close()."""
         output = cls(peer, asyncio.get_running_loop(), level)
         output._capture_fds()
         logger.remove()
-        output._sink_id = logger.add(
-            output._sink, level=level, format="{message}", backtrace=False, diagnose=False, catch=True
-        )
+        if level is not None:
+            output._sink_id = logger.add(
+                output._sink, level=level, format="{message}", backtrace=False, diagnose=False, catch=True
+            )
         return output
 
     # -- producers (any thread) -----------------------------------------------------------------------------
     def add(self, stream: Stream, level: str, text: str) -> None:
-        line = LogLine(ts=time.time(), stream=stream, level=level, text=_cut(text))
+        # Redacted here, before the line leaves the process: a print() may carry a key as well as a log line.
+        line = LogLine(ts=time.time(), stream=stream, level=level, text=_cut(redact(text)))
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1
@@ -185,7 +188,8 @@ class AgentOutput:
             with contextlib.suppress(ValueError):
                 logger.remove(self._sink_id)
             self._sink_id = None
-            logger.add(sys.stderr, level=self._level, format=LATE_FORMAT, diagnose=False)
+            if self._level is not None:
+                add_sink(sys.stderr, self._level)  # what is logged after this goes to stderr, redacted
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
