@@ -8,6 +8,7 @@ from typing import Any
 from llmling.agent_proc.reply import OnText, Reply
 from llmling.agent_proc.tool_loop import Round, ToolCallAccumulator, run_tool_loop
 from llmling.agent_proc.tools import ToolBox
+from llmling.config.schema import AgentConfig
 
 # Any non-empty key: the embedded model's server accepts every key.
 _LOCAL_KEY = "sk-llmling-local"
@@ -21,20 +22,20 @@ def warm() -> None:
     litellm.get_llm_provider("openai/warm-up", api_base="http://127.0.0.1:1/v1")
 
 
-def call_arguments(config: dict[str, Any], api_base: str | None) -> dict[str, Any]:
+def call_arguments(config: AgentConfig, api_base: str | None) -> dict[str, Any]:
     """The keyword arguments of `litellm.acompletion` for this agent, without messages.
 
     `api_base` is given by the supervisor for a model it serves itself (the embedded model); the config's
     `model` is then already the litellm model string for that server.
     """
-    arguments: dict[str, Any] = {k: v for k, v in config.get("model_settings", {}).items() if v is not None}
-    arguments["model"] = config["model"]
+    arguments: dict[str, Any] = config.model_settings.model_dump(exclude_none=True)
+    arguments["model"] = config.model
     if api_base:
         arguments["api_base"] = api_base
         arguments["api_key"] = _LOCAL_KEY
-    elif config.get("api_base"):
-        arguments["api_base"] = config["api_base"]
-    key_env = config.get("api_key_env")
+    elif config.api_base:
+        arguments["api_base"] = config.api_base
+    key_env = config.api_key_env
     if key_env:
         arguments["api_key"] = os.environ.get(key_env, "")
     return arguments
@@ -47,10 +48,10 @@ class LLMBackend:
     `cost` in USD from litellm's cost map (None when the model is not in it), plus `tool_calls` with tools.
     """
 
-    def __init__(self, config: dict[str, Any], api_base: str | None, toolbox: ToolBox | None = None) -> None:
+    def __init__(self, config: AgentConfig, api_base: str | None, toolbox: ToolBox | None = None) -> None:
         self._arguments = call_arguments(config, api_base)
         self._toolbox = toolbox
-        self._max_tool_rounds = int(config.get("max_tool_rounds") or 8)
+        self._max_tool_rounds = config.max_tool_rounds
 
     async def init(self) -> None:
         import litellm

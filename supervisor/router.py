@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from llmling.errors import AgentRunError, UnknownAgentError
+from llmling.ipc.messages import RunFrame
 from llmling.ipc.peer import OnChunk, new_id
 from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.slot import AgentSlot
@@ -59,8 +60,11 @@ class Router:
         max_hops: int,
         spawn_task: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         on_event: OnEvent,
+        run_timeouts: Mapping[str, float | None] | None = None,
     ) -> None:
         self._slots = slots
+        # Per agent, the `timeout` its run frames carry (its `run_timeout`; absent: none).
+        self._run_timeouts: Mapping[str, float | None] = run_timeouts or {}
         self._max_hops = max_hops
         self._spawn_task = spawn_task
         self._on_event = on_event
@@ -146,7 +150,7 @@ class Router:
         run_id: str,
     ) -> Message:
         self._begin(trace)
-        message = {
+        message: RunFrame = {
             "t": "run",
             "id": run_id,
             "prompt": prompt,
@@ -154,6 +158,8 @@ class Router:
             "parent_id": parent_id,
             "hops": hops,
             "stream": on_chunk is not None,
+            "attempt": 1,
+            "timeout": self._run_timeouts.get(slot.name),
         }
         started = time.perf_counter()
         self._on_event({"event": "run_started", "agent": slot.name, "id": run_id, "trace_id": trace.id})
