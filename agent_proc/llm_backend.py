@@ -28,7 +28,7 @@ def call_arguments(config: AgentConfig, api_base: str | None) -> dict[str, Any]:
     `api_base` is given by the supervisor for a model it serves itself (the embedded model); the config's
     `model` is then already the litellm model string for that server.
     """
-    arguments: dict[str, Any] = config.model_settings.model_dump(exclude_none=True)
+    arguments: dict[str, Any] = {key: value for key, value in config.model_settings if value is not None}
     arguments["model"] = config.model
     if api_base:
         arguments["api_base"] = api_base
