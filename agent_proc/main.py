@@ -27,8 +27,17 @@ from llmling.agent_proc.run_context import current_run
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
 from llmling.context import RunContext
-from llmling.ipc.messages import ComponentState, ErrorFrame, ResultFrame, RunFrame
-from llmling.ipc.peer import Peer, connect
+from llmling.ipc.messages import (
+    ComponentFrame,
+    ComponentState,
+    ErrorFrame,
+    FailedFrame,
+    HelloFrame,
+    ReadyFrame,
+    ResultFrame,
+    RunFrame,
+)
+from llmling.ipc.peer import Peer, connect, new_id
 
 Message = dict[str, Any]
 # Worker threads beyond one per concurrent run: sync tools of a run run concurrently too.
@@ -63,7 +72,14 @@ class AgentProcess:
     # -- life ---------------------------------------------------------------------------------------------
     async def main(self) -> None:
         self.peer = peer = await connect(self.spec.socket_path, self.on_message, on_close=self.on_close)
-        await peer.request({"t": "hello", "role": "agent", "agent": self.spec.name, "token": self.spec.token})
+        hello: HelloFrame = {
+            "t": "hello",
+            "id": new_id(),
+            "role": "agent",
+            "agent": self.spec.name,
+            "token": self.spec.token,
+        }
+        await peer.request(hello)
         concurrency = self.spec.config.concurrency
         # Sync callbacks and tools run here; one thread per concurrent run, and some for a run's sync tools.
         asyncio.get_running_loop().set_default_executor(
@@ -79,9 +95,11 @@ class AgentProcess:
             self.log.error("init failed: {}", exc)
             if self.runtime is not None:
                 await self.runtime.close()  # before `failed`: the supervisor ends the process after it
-            peer.send({"t": "failed", "error": str(exc)})
+            failed: FailedFrame = {"t": "failed", "error": str(exc)}
+            peer.send(failed)
             return
-        peer.send({"t": "ready", "pid": os.getpid()})
+        ready: ReadyFrame = {"t": "ready", "pid": os.getpid()}
+        peer.send(ready)
         async with asyncio.TaskGroup() as group:
             workers = [group.create_task(self._worker()) for _ in range(concurrency)]
             await self._stop.wait()
@@ -92,7 +110,8 @@ class AgentProcess:
 
     def _component(self, name: str, state: ComponentState) -> None:
         assert self.peer is not None
-        self.peer.send({"t": "component", "component": name, "state": state})
+        frame: ComponentFrame = {"t": "component", "component": name, "state": state}
+        self.peer.send(frame)
 
     async def _worker(self) -> None:
         """Serve runs one after another; `concurrency` of these run side by side."""

@@ -17,8 +17,9 @@ from llmling.agent_proc.capabilities import Capabilities
 from llmling.agent_proc.reply import Backend, OnText, Reply
 from llmling.agent_proc.spec import AgentSpec
 from llmling.agent_proc.tools import ToolBox
+from llmling.ipc.messages import ComponentState
 
-OnComponent = Callable[[str, str], None]
+OnComponent = Callable[[str, ComponentState], None]
 
 
 def make_backend(spec: AgentSpec, toolbox: ToolBox | None = None) -> Backend:
