@@ -26,13 +26,13 @@ class Capabilities:
         config = spec.config
         self.log = logger.bind(agent=spec.name)
         self.base_dir = spec.base_dir
-        self.tool_paths: list[str] = list(config.get("tools") or [])
+        self.tool_paths: list[str] = list(config.tools)
         self.toolbox = ToolBox(spec.name)
+        # The schema gives every server a unique name (from its command or URL when the config has none).
         self.connections = {
-            server["name"]: MCPConnection(server, spec.base_dir, spec.name)
-            for server in config.get("mcp_servers") or []
+            str(server.name): MCPConnection(server, spec.base_dir, spec.name) for server in config.mcp_servers
         }
-        self.knowledge = Knowledge(config.get("knowledge") or {}, spec.base_dir, self.connections, spec.name)
+        self.knowledge = Knowledge(config.knowledge, spec.base_dir, self.connections, spec.name)
         self._local: list[Tool] = []
 
     def components(self) -> dict[str, Step]:

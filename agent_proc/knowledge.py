@@ -16,39 +16,37 @@ import glob
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 
 from llmling.agent_proc.mcp_client import MCPConnection
+from llmling.config.capabilities import KnowledgeConfig
 
 _TRUNCATED = "\n[… truncated at {} bytes]"
 
 
 class Knowledge:
-    """The knowledge sources of one agent (`config`: a dumped KnowledgeConfig)."""
+    """The knowledge sources of one agent."""
 
     def __init__(
-        self, config: dict[str, Any], base_dir: str, connections: dict[str, MCPConnection], agent: str = ""
+        self, config: KnowledgeConfig, base_dir: str, connections: dict[str, MCPConnection], agent: str = ""
     ) -> None:
         self.base_dir = base_dir
-        self.max_bytes = int(config.get("max_bytes") or 1_000_000)
-        self.timeout = float(config.get("timeout") or 10.0)
+        self.max_bytes = config.max_bytes
+        self.timeout = config.timeout
         self.connections = connections
         self.log = logger.bind(agent=agent) if agent else logger
         # Invariant: one entry per source, in config order; the text is None until the source has loaded.
         self._texts: dict[str, str | None] = {}
         self._loaders: dict[str, Callable[[], Awaitable[str]]] = {}
-        for index, text in enumerate(config.get("prompts") or [], 1):
+        for index, text in enumerate(config.prompts, 1):
             self._add(f"knowledge:prompt#{index}", lambda text=text: self._load_prompt(text))
-        for pattern in config.get("paths") or []:
+        for pattern in config.paths:
             self._add(f"knowledge:{pattern}", lambda pattern=pattern: self._load_paths(pattern))
-        for url in config.get("urls") or []:
+        for url in config.urls:
             self._add(f"knowledge:{url}", lambda url=url: self._load_url(url))
-        for ref in config.get("resources") or []:
-            self._add(
-                f"knowledge:{ref['uri']}", lambda ref=ref: self._load_resource(ref["uri"], ref.get("server"))
-            )
+        for ref in config.resources:
+            self._add(f"knowledge:{ref.uri}", lambda ref=ref: self._load_resource(ref.uri, ref.server))
 
     def _add(self, name: str, loader: Callable[[], Awaitable[str]]) -> None:
         unique, index = name, 2

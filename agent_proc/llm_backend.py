@@ -12,6 +12,7 @@ from llmling.agent_proc.reply import OnText, Reply
 from llmling.agent_proc.tool_loop import Round, ToolCallAccumulator, run_tool_loop
 from llmling.agent_proc.tools import ToolBox
 from llmling.config.providers import check_key, key_variable
+from llmling.config.schema import AgentConfig
 
 # Any non-empty key: the embedded model's server accepts every key.
 _LOCAL_KEY = "sk-llmling-local"
@@ -52,25 +53,27 @@ def warm() -> None:
     litellm.get_llm_provider("openai/warm-up", api_base="http://127.0.0.1:1/v1")
 
 
-def call_arguments(config: dict[str, Any], api_base: str | None) -> dict[str, Any]:
+def call_arguments(config: AgentConfig, api_base: str | None) -> dict[str, Any]:
     """The keyword arguments of `litellm.acompletion` for this agent, without messages.
 
     `api_base` is given by the supervisor for a model it serves itself (the embedded model); the config's
     `model` is then already the litellm model string for that server. The key follows llmling/config/providers.py.
     """
-    settings = config.get("model_settings", {})
-    arguments: dict[str, Any] = {k: v for k, v in settings.items() if v is not None and k not in _LIMIT_SETTINGS}
-    arguments["model"] = config["model"]
+    settings = config.model_settings
+    arguments: dict[str, Any] = {
+        key: value for key, value in settings if value is not None and key not in _LIMIT_SETTINGS
+    }
+    arguments["model"] = config.model
     # Retries are llmling's (model_call.py): litellm's and the OpenAI SDK's own are off.
     arguments["max_retries"] = 0
     arguments["num_retries"] = 0
-    key_env = config.get("api_key_env")
+    key_env = config.api_key_env
     if api_base:
         arguments["api_base"] = api_base
         arguments["api_key"] = _LOCAL_KEY
-    elif config.get("api_base"):
-        arguments["api_base"] = config["api_base"]
-        variable = key_variable(config["model"], key_env)
+    elif config.api_base:
+        arguments["api_base"] = config.api_base
+        variable = key_variable(config.model, key_env)
         if not (variable and os.environ.get(variable)):
             arguments["api_key"] = _NO_KEY
     if key_env:
@@ -78,14 +81,14 @@ def call_arguments(config: dict[str, Any], api_base: str | None) -> dict[str, An
     return arguments
 
 
-def call_limits(config: dict[str, Any], api_base: str | None) -> CallLimits:
+def call_limits(config: AgentConfig, api_base: str | None) -> CallLimits:
     """The model call's deadline and retries, and what its errors name."""
-    settings = config["model_settings"]
+    settings = config.model_settings
     return CallLimits(
-        model=config["model"],
-        api_base=_shown(api_base or config.get("api_base")),
-        timeout=float(settings["timeout"]),
-        num_retries=int(settings["num_retries"]),
+        model=str(config.model),
+        api_base=_shown(api_base or config.api_base),
+        timeout=float(settings.timeout),
+        num_retries=int(settings.num_retries),
     )
 
 
@@ -105,12 +108,12 @@ class LLMBackend:
     `cost` in USD from litellm's cost map (None when the model is not in it), plus `tool_calls` with tools.
     """
 
-    def __init__(self, config: dict[str, Any], api_base: str | None, toolbox: ToolBox | None = None) -> None:
+    def __init__(self, config: AgentConfig, api_base: str | None, toolbox: ToolBox | None = None) -> None:
         self._arguments = call_arguments(config, api_base)
         self._limits = call_limits(config, api_base)
-        self._api_key_env: str | None = config.get("api_key_env")
+        self._api_key_env = config.api_key_env
         self._toolbox = toolbox
-        self._max_tool_rounds = int(config.get("max_tool_rounds") or 8)
+        self._max_tool_rounds = config.max_tool_rounds
 
     async def init(self) -> None:
         """Fails (MissingAPIKey, naming the variable) when the model needs a key that is not set."""

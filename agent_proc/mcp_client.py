@@ -18,6 +18,7 @@ from typing import Any
 from loguru import logger
 
 from llmling.agent_proc.tools import Tool, ToolError
+from llmling.config.capabilities import HttpServerConfig, StdioServerConfig
 
 # The MCP error code for "the connection closed" (the server died or the session was torn down).
 CONNECTION_CLOSED = -32000
@@ -26,17 +27,17 @@ CLOSE_TIMEOUT = 6.0
 
 
 class MCPConnection:
-    """The client side of one configured MCP server (`config`: a dumped StdioServerConfig/HttpServerConfig).
+    """The client side of one configured MCP server.
 
     Invariant: `_client` is set exactly while an owner task holds an open session; `_lock` serialises
     connecting, so concurrent calls share one connect.
     """
 
-    def __init__(self, config: dict[str, Any], base_dir: str, agent: str = "") -> None:
+    def __init__(self, config: StdioServerConfig | HttpServerConfig, base_dir: str, agent: str = "") -> None:
         self.config = config
-        self.name: str = config["name"]
+        self.name: str = str(config.name)
         self.base_dir = base_dir
-        self.timeout: float = float(config.get("timeout") or 60.0)
+        self.timeout: float = config.timeout
         self.log = logger.bind(agent=agent) if agent else logger
         self.tools: list[Any] = []  # mcp Tool descriptions, as listed at init
         self._client: Any = None
@@ -77,9 +78,9 @@ class MCPConnection:
 
     @property
     def where(self) -> str:
-        if self.config.get("type") == "streamable-http":
-            return str(self.config["url"])
-        return " ".join([self.config["command"], *(self.config.get("args") or [])])
+        if isinstance(self.config, HttpServerConfig):
+            return self.config.url
+        return " ".join([self.config.command, *self.config.args])
 
     async def wait_initialised(self) -> None:
         """Wait for `connect()` to end; raises ConnectionError when it failed (for knowledge resources)."""
@@ -206,15 +207,15 @@ class MCPConnection:
     def _target(self) -> Any:
         from mcp import StdioServerParameters
 
-        if self.config.get("type") == "streamable-http":
-            return _http_transport(self.config["url"], self.config.get("headers") or {})
-        command = self.config["command"]
+        if isinstance(self.config, HttpServerConfig):
+            return _http_transport(self.config.url, self.config.headers)
+        command = self.config.command
         if command in ("python", "python3"):
             command = sys.executable  # the interpreter llmling runs on (it has the mcp package)
         return StdioServerParameters(
             command=command,
-            args=list(self.config.get("args") or []),
-            env=self.config.get("env") or None,
+            args=list(self.config.args),
+            env=dict(self.config.env) or None,
             cwd=self.base_dir,
         )
 

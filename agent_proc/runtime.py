@@ -1,4 +1,10 @@
-"""One agent's state inside its process: its backend, its conversation, its components."""
+"""One agent's state inside its process: its backend, its conversation, its components.
+
+Conversation history with concurrent runs (`concurrency` > 1): a run sees the history as of its start (the
+runs that completed before it started, never the ones still in flight beside it); its user/assistant pair is
+appended when it completes, so pairs are in completion order and never interleave. With `concurrency: 1`
+(the default) this is the plain turn-by-turn conversation.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +17,24 @@ from llmling.agent_proc.capabilities import Capabilities
 from llmling.agent_proc.reply import Backend, OnText, Reply
 from llmling.agent_proc.spec import AgentSpec
 from llmling.agent_proc.tools import ToolBox
+from llmling.ipc.messages import ComponentState
 
-OnComponent = Callable[[str, str], None]
+OnComponent = Callable[[str, ComponentState], None]
 
 
 def make_backend(spec: AgentSpec, toolbox: ToolBox | None = None) -> Backend:
-    if spec.config.get("callback"):
+    if spec.config.callback is not None:
         from llmling.agent_proc.callback_backend import CallbackBackend
 
-        return CallbackBackend(spec.config["callback"], spec.base_dir)
+        return CallbackBackend(spec.config.callback, spec.base_dir)
     from llmling.agent_proc.llm_backend import LLMBackend
 
     return LLMBackend(spec.config, spec.api_base, toolbox)
 
 
 class AgentRuntime:
-    """Serves one conversation at a time; history lives here, in the agent's process."""
+    """Serves the agent's runs (up to `concurrency` at once, see the module docstring); its conversation
+    history lives here, in the agent's process."""
 
     def __init__(self, spec: AgentSpec) -> None:
         self.spec = spec
@@ -34,11 +42,11 @@ class AgentRuntime:
         self.capabilities = Capabilities(spec)
         self.backend = make_backend(spec, self.capabilities.toolbox)
         # Invariant: at most `max_messages` past messages, starting with a user message; seeded from the
-        # supervisor's history when the process is (re)started.
-        self.max_messages: int = (spec.config.get("history") or {}).get("max_messages", 40)
+        # supervisor's history when the process is (re)started. Only `run` appends, one whole pair at a time
+        # with no await in between, so concurrent runs never split a pair.
+        self.max_messages: int = spec.config.history.max_messages
         self.history: list[dict[str, Any]] = list(spec.history)
         self._trim_history()
-        self._lock = asyncio.Lock()
 
     def components(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """Named init steps: the backend, then `tools`, `mcp:<server>`, `knowledge:<source>`."""
@@ -76,7 +84,7 @@ class AgentRuntime:
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         system = "\n\n".join(
-            part for part in (self.spec.config.get("system_prompt"), self.capabilities.system_context()) if part
+            part for part in (self.spec.config.system_prompt, self.capabilities.system_context()) if part
         )
         if system:
             messages.append({"role": "system", "content": system})
@@ -85,14 +93,17 @@ class AgentRuntime:
         return messages
 
     async def run(self, prompt: str, on_text: OnText | None = None) -> tuple[Reply, float]:
-        """One turn of the conversation; returns the reply and its elapsed seconds."""
-        async with self._lock:
-            started = time.perf_counter()
-            reply = await self.backend.run(self._messages(prompt), on_text)
-            self.history.append({"role": "user", "content": prompt})
-            self.history.append({"role": "assistant", "content": reply.content})
-            self._trim_history()
-            return reply, time.perf_counter() - started
+        """One turn of the conversation; returns the reply and its elapsed seconds.
+
+        The context is the history as of now; the turn joins the history when it completes (a failed or
+        cancelled turn leaves no trace in it).
+        """
+        started = time.perf_counter()
+        reply = await self.backend.run(self._messages(prompt), on_text)
+        self.history.append({"role": "user", "content": prompt})
+        self.history.append({"role": "assistant", "content": reply.content})
+        self._trim_history()
+        return reply, time.perf_counter() - started
 
 
 class ComponentError(Exception):

@@ -5,19 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Imported here, so the forkserver's preload (agent_proc.main imports this module) has the schema and pydantic
+# loaded: unpickling a spec in an agent costs no import.
+from llmling.config.schema import AgentConfig
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSpec:
     name: str
-    # AgentConfig.model_dump(): plain data, so the child needs no config validation.
-    config: dict[str, Any]
+    # The agent's validated config, as the supervisor resolved it (for a `local/<name>` model, `model` is
+    # already the litellm model string of the embedded model's server). Read-only in the agent process.
+    config: AgentConfig
     socket_path: str
     # Invariant: known only to the supervisor and this agent's process; proves the connection is this agent.
     token: str
     # The config file's folder: importable for callbacks and tools.
     base_dir: str
-    # Set by the supervisor for `local/<name>` models: where the embedded model serves (`config["model"]` is then
-    # the litellm model string for that server).
+    # Set by the supervisor for `local/<name>` models: where the embedded model serves.
     api_base: str | None = None
     # None: the process logs nothing (library use without llmling.enable_logging()).
     log_level: str | None = "INFO"

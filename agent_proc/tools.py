@@ -3,7 +3,8 @@
 A local tool's JSON schema comes from its signature (pydantic builds and validates the arguments) and its
 docstring (the first paragraph describes the tool; an `Args:` section or `:param x:` lines describe the
 parameters). A sync tool runs on a worker thread, so a slow one cannot block the agent's event loop (and its
-heartbeat); an async tool runs on the loop.
+heartbeat); an async tool runs on the loop. A parameter annotated with `llmling.RunContext` is not part of the
+schema: it gets the current run's context (id, attempt, ...).
 
 A tool's failure is never the agent's failure: `ToolBox.call` turns every exception into the text the model
 reads in the `tool` message, starting with `Error:`.
@@ -12,7 +13,6 @@ reads in the `tool` message, starting with `Error:`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import re
@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
+
+from llmling.agent_proc.run_context import current_run, is_run_context
+from llmling.user_code import call as call_user_code
 
 Arguments = dict[str, Any]
 # OpenAI-compatible APIs accept function names of this form.
@@ -83,12 +86,17 @@ def local_tool(function: Callable[..., Any], origin: str = "") -> Tool:
     hints = typing.get_type_hints(function, include_extras=True)
     fields: dict[str, Any] = {}
     positional: list[str] = []
+    # The parameter that gets the RunContext (never offered to the model).
+    context: str | None = None
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue  # not expressible as a JSON object's properties
         if param.kind == param.POSITIONAL_ONLY:
             positional.append(param.name)
         annotation = hints.get(param.name, Any)
+        if context is None and is_run_context(annotation):
+            context = param.name
+            continue
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, Field(default, description=param_docs.get(param.name)))
     model = create_model(  # type: ignore[call-overload]
@@ -96,19 +104,14 @@ def local_tool(function: Callable[..., Any], origin: str = "") -> Tool:
     )
     schema = model.model_json_schema()
     schema.pop("title", None)
-    is_async = inspect.iscoroutinefunction(function)
 
     async def call(arguments: Arguments) -> str:
         validated = model.model_validate(arguments)
         values = {key: getattr(validated, key) for key in fields}
+        if context is not None:
+            values[context] = current_run.get()
         args = [values.pop(key) for key in positional]
-        if is_async:
-            result = await function(*args, **values)
-        else:
-            result = await asyncio.to_thread(functools.partial(function, *args, **values))
-            if inspect.isawaitable(result):  # a sync wrapper that returned a coroutine
-                result = await result
-        return to_text(result)
+        return to_text(await call_user_code(function, *args, settle=True, **values))
 
     return Tool(name=name, description=description or name, parameters=schema, call=call, origin=origin)
 

@@ -13,6 +13,7 @@ _EXPORTS = {
     "Connection": "llmling.api",
     "ChatMessage": "llmling.messages",
     "Usage": "llmling.messages",
+    "RunContext": "llmling.context",
     "AgentRunError": "llmling.errors",
     "ConfigError": "llmling.errors",
     "LLMlingError": "llmling.errors",
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "Connection",
     "LLMlingError",
+    "RunContext",
     "StartupError",
     "SystemConfig",
     "UnknownAgentError",
@@ -44,6 +46,7 @@ __all__ = [
 if TYPE_CHECKING:
     from llmling.api import Agent, AgentPool, Connection
     from llmling.config import AgentConfig, SystemConfig, load_config
+    from llmling.context import RunContext
     from llmling.errors import AgentRunError, ConfigError, LLMlingError, StartupError, UnknownAgentError
     from llmling.logs import enable_logging
     from llmling.messages import ChatMessage, Usage

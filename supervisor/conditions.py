@@ -1,21 +1,22 @@
-"""Connection conditions and transforms, compiled from the config (or given from Python) into callables."""
+"""Connection conditions and transforms, compiled from the config (or given from Python) into callables.
+
+They run in the supervisor, on the forwarding task. A sync function (a `module:function` or a Python lambda)
+runs on a worker thread, so a slow one never blocks the supervisor's loop (its routing, heartbeats and
+control socket); an async one is awaited on the loop. `word_match` is evaluated inline (it is cheap).
+"""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llmling.config import CallableCondition, WordMatch
 from llmling.importing import import_path
+from llmling.user_code import call as call_user_code
 
 Predicate = Callable[[str], Awaitable[bool]]
 Transform = Callable[[str], Awaitable[str]]
 ConditionSpec = WordMatch | CallableCondition | Callable[[str], Any] | None
-
-
-async def _resolve(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def word_match(condition: WordMatch) -> Predicate:
@@ -38,7 +39,7 @@ def predicate(condition: ConditionSpec, base_dir: str) -> Predicate | None:
     function = import_path(condition.path, base_dir) if isinstance(condition, CallableCondition) else condition
 
     async def call(content: str) -> bool:
-        return bool(await _resolve(function(content)))
+        return bool(await call_user_code(function, content))
 
     return call
 
@@ -53,6 +54,6 @@ def transform(path_or_function: str | Callable[[str], Any] | None, base_dir: str
         function = path_or_function
 
     async def call(content: str) -> str:
-        return str(await _resolve(function(content)))
+        return str(await call_user_code(function, content))
 
     return call

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from loguru import logger
 
 from llmling.errors import AgentRunError, UnknownAgentError
 from llmling.ipc.frames import PromptTooLarge, check_prompt_size
+from llmling.ipc.messages import RunFrame
 from llmling.ipc.peer import OnChunk, new_id
 from llmling.names import unknown
 from llmling.supervisor.conditions import Predicate, Transform
@@ -63,8 +64,11 @@ class Router:
         max_hops: int,
         spawn_task: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         on_event: OnEvent,
+        run_timeouts: Mapping[str, float | None] | None = None,
     ) -> None:
         self._slots = slots
+        # Per agent, the `timeout` its run frames carry (its `run_timeout`; absent: none).
+        self._run_timeouts: Mapping[str, float | None] = run_timeouts or {}
         self._max_hops = max_hops
         self._spawn_task = spawn_task
         self._on_event = on_event
@@ -150,7 +154,7 @@ class Router:
         run_id: str,
     ) -> Message:
         self._begin(trace)
-        message = {
+        message: RunFrame = {
             "t": "run",
             "id": run_id,
             "prompt": prompt,
@@ -158,6 +162,8 @@ class Router:
             "parent_id": parent_id,
             "hops": hops,
             "stream": on_chunk is not None,
+            "attempt": 1,
+            "timeout": self._run_timeouts.get(slot.name),
         }
         started = time.perf_counter()
         self._on_event(

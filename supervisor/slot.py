@@ -15,6 +15,7 @@ from loguru import logger
 
 from llmling.agent_proc.spec import AgentSpec
 from llmling.errors import AgentRunError, StartupError
+from llmling.ipc.messages import ResultFrame, RunFrame
 from llmling.ipc.peer import OnChunk, Peer, PeerClosed
 from llmling.supervisor.exits import Child
 from llmling.supervisor.spawner import Spawner
@@ -200,7 +201,7 @@ class AgentSlot:
                 return
 
     # -- runs -----------------------------------------------------------------------------------------------
-    async def submit(self, message: Message, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> Message:
+    async def submit(self, message: RunFrame, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> ResultFrame:
         """Send a run to the agent process and return its final reply. Raises AgentRunError."""
         if not self._ready.is_set():
             if self._stopping:

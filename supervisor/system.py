@@ -81,7 +81,13 @@ class Supervisor:
             )
             for name in config.agents
         }
-        self.router = Router(self.slots, config.max_hops, self._spawn_task, self.emit)
+        self.router = Router(
+            self.slots,
+            config.max_hops,
+            self._spawn_task,
+            self.emit,
+            run_timeouts={name: agent.run_timeout for name, agent in config.agents.items()},
+        )
         for name, agent in config.agents.items():
             for connection in agent.connections:
                 self.router.connect(route_from_config(name, connection, str(config.base_dir)))
@@ -148,9 +154,8 @@ class Supervisor:
 
         def make(token: str) -> AgentSpec:
             local = agent.local_model
-            config = agent.model_dump()
-            if local:  # served here: the agent talks to the model service as to any OpenAI-compatible server
-                config["model"] = f"openai/{local}"
+            # Served here: the agent talks to the model service as to any OpenAI-compatible server.
+            config = agent.model_copy(update={"model": f"openai/{local}"}) if local else agent
             return AgentSpec(
                 name=name,
                 config=config,

@@ -10,8 +10,8 @@ BLOCKING = """
 import time
 
 
-def block(prompt):
-    time.sleep(60)  # blocks the agent's event loop: it cannot answer pings
+async def block(prompt):
+    time.sleep(60)  # an async callback that blocks the agent's event loop: it cannot answer pings
     return "never"
 """
 

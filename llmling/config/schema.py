@@ -151,6 +151,11 @@ class AgentConfig(Strict):
     background: BackgroundConfig | None = Field(
         None, description="a prompt the supervisor runs repeatedly from start-up: {prompt, interval, max_count}"
     )
+    # Runs the agent process serves at once. Each run's context is the history as of its start; its
+    # user/assistant pair joins the history when it completes (completion order).
+    concurrency: int = Field(1, ge=1)
+    # Seconds a run may take inside the agent before it is cancelled (a `timeout` error); None: no limit.
+    run_timeout: float | None = Field(600, gt=0)
 
     # The `${VAR}`s of this agent's section (outside its triggers), recorded by the loader: they count as named
     # by its config, so its process gets them (supervisor/environment.py). Not part of the file.
