@@ -21,6 +21,7 @@ from llmling.config.capabilities import (
     mcp_server_short_form,
     server_name,
 )
+from llmling.config.supervision import MAX_CONCURRENCY, MAX_QUEUE, RestartConfig
 from llmling.config.triggers import BackgroundConfig, TriggerConfig, unique_trigger_names
 from llmling.names import check_name, expand_short_form
 
@@ -130,6 +131,19 @@ class AgentConfig(Strict):
     )
     background: BackgroundConfig | None = Field(
         None, description="a prompt the supervisor runs repeatedly from start-up: {prompt, interval, max_count}"
+    )
+    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY, description="runs at once inside the agent's process")
+    max_queue: int = Field(
+        1000,
+        ge=1,
+        le=MAX_QUEUE,
+        description="runs accepted and not started; beyond it new runs are refused (busy)",
+    )
+    run_timeout: float | None = Field(
+        600.0, gt=0, description="seconds a run may take once started (null: no limit); then it is cancelled"
+    )
+    restart: RestartConfig = Field(
+        default_factory=RestartConfig, description="restart intensity: {max_restarts, period}"
     )
 
     @field_validator("triggers")

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from llmling.errors import StartupError, UnknownAgentError
+from llmling.errors import AgentBusyError, StartupError, UnknownAgentError
 from llmling.supervisor.triggers.base import TriggerHost, TriggerState, render
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -168,7 +168,12 @@ class _Server:
                 return _error(400, str(exc))
         if not self.host.accepting or self.stopping:
             return _error(503, "the system is shutting down")
-        firing = self.host.fire(trigger, prompt, path=request.path, bytes=len(body))
+        try:
+            firing = self.host.fire(trigger, prompt, path=request.path, bytes=len(body))
+        except AgentBusyError as exc:  # the queue is full: not accepted, the sender may retry
+            return web.json_response(
+                {"error": str(exc)}, status=429, headers={"Retry-After": str(exc.retry_after)}
+            )
         ids = {"id": firing.id, "trace_id": firing.trace_id, "agent": trigger.agent, "trigger": trigger.name}
         if request.query.get("wait", "").lower() not in _TRUE:
             return web.json_response(ids, status=202)
