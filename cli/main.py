@@ -142,6 +142,22 @@ def stop(name: str | None, socket_: str | None, timeout: float) -> None:
 
 
 @main.command()
+@click.argument("agent")
+@with_system
+@click.option(
+    "--timeout", default=180.0, show_default=True, help="seconds to wait for the fresh process to be READY"
+)
+def restart(agent: str, name: str | None, socket_: str | None, timeout: float) -> None:
+    """Replace AGENT's process with a fresh one (also after it failed: resets its restart count).
+
+    Runs in flight get up to the system's shutdown_timeout to finish; runs sent meanwhile wait for the fresh
+    process.
+    """
+    reply = request(name, socket_, {"t": "restart", "agent": agent}, timeout=timeout)
+    click.echo(f"restarted {agent} (pid {reply['agent']['pid']})")
+
+
+@main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def validate(config: str) -> None:
     """Check CONFIG; print the problems with file:line, exit 2 when there are any."""

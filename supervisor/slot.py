@@ -14,6 +14,7 @@ import contextlib
 import math
 import secrets
 import signal
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -110,6 +111,9 @@ class AgentSlot:
         self._intensity = RestartIntensity(policy.max_restarts, policy.restart_period)
         # Invariant: runs inside `submit` not yet sent to the process (waiting for a place or for READY).
         self.queued = 0
+        # Invariant: runs accepted by `check_capacity()` whose tasks have not reached `submit` yet (each entry
+        # is taken by a run entering `submit`, or expires two turns of the loop later); counted with `queued`.
+        self._admissions: deque[object] = deque()
         # Invariant: runs sent to the current process and not answered; never more than `concurrency`.
         self.running = 0
         # The `concurrency` places; a run holds one from before it waits for READY until its reply. FIFO.
@@ -221,14 +225,15 @@ class AgentSlot:
                 self.started.set_result(None)  # the first attempt has an outcome; `state` says which
             if self._stopping:
                 break
-            self.restarts += 1
             if self._replacing:  # a requested restart: at once, and not counted as a crash
                 self._replacing = False
+                self.restarts += 1
                 continue
             delay = self._intensity.crashed(start_failed=failed)
             if delay is None:
                 await self._give_up()
                 continue
+            self.restarts += 1
             if not failed:
                 self._set_state("restarting", delay=round(delay, 3))
             if delay > 0:
@@ -323,9 +328,23 @@ class AgentSlot:
 
     # -- admission ------------------------------------------------------------------------------------------
     def check_capacity(self) -> None:
-        """Raise AgentBusyError when `max_queue` runs already wait: what every edge asks before it accepts."""
-        if self.queued >= self.policy.max_queue:
-            raise AgentBusyError(self.name, self.queued, self._retry_after())
+        """Raise AgentBusyError when `max_queue` runs already wait: what every edge asks before it accepts.
+
+        An accepted run is counted from here until its task reaches `submit` (that task starts in the next
+        turn of the loop, so the admission expires after two turns at the latest): a burst accepted within one
+        turn cannot overshoot `max_queue`.
+        """
+        waiting = self.queued + len(self._admissions)
+        if waiting >= self.policy.max_queue:
+            raise AgentBusyError(self.name, waiting, self._retry_after())
+        admission = object()
+        self._admissions.append(admission)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._expire, admission)
+
+    def _expire(self, admission: object) -> None:
+        with contextlib.suppress(ValueError):
+            self._admissions.remove(admission)
 
     def _retry_after(self) -> int:
         """Whole seconds until a place is likely free: one average run shared by the places."""
@@ -346,6 +365,8 @@ class AgentSlot:
         Never refuses for a full queue (the edges call `check_capacity()` first). Raises AgentRunError.
         """
         self._check_available()
+        if self._admissions:
+            self._admissions.popleft()  # counted in `queued` from now on
         self.queued += 1
         try:
             await self._places.acquire()
@@ -381,8 +402,8 @@ class AgentSlot:
                 raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
             if loop.time() >= deadline and not self._ready.is_set():
                 raise AgentRunError(self.name, f"agent not ready after {limit:g} s", kind="unavailable")
-            child = self._child
-            if self._ready.is_set() and child is not None and child.alive:
+            child, peer = self._child, self.peer
+            if self._ready.is_set() and (peer is None or not peer.is_open) and child is not None and child.alive:
                 # READY, but its connection just closed: the process is ending; wait for the slot to see it.
                 await asyncio.wait({child.exited}, timeout=max(0.0, deadline - loop.time()))
 
