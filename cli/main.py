@@ -85,7 +85,8 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
             "name": reply["name"],
             "pid": reply["pid"],
             "agents": [
-                {key: agent.get(key) for key in ("name", "pid", "state", "restarts")} for agent in reply["agents"]
+                {key: agent.get(key) for key in ("name", "pid", "state", "restarts", "queued", "running")}
+                for agent in reply["agents"]
             ],
             # Per agent since the system started: runs, prompt/completion/total tokens, cost (USD or null).
             "totals": totals,
