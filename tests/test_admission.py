@@ -273,3 +273,15 @@ def test_sigkill_of_a_queued_agent_keeps_its_queue(systems: Systems) -> None:
     sends = [system.cli("send", "whoami", f"{n}") for n in range(3)]
     assert all(done.returncode == 0 for done in sends), [done.stderr for done in sends]
     assert {done.stdout.strip() for done in sends} == {str(agent(system, "whoami")["pid"])}
+
+
+async def test_concurrent_runs_overlap_inside_the_agent(tmp_path: Path) -> None:
+    """`concurrency: 4`: four 1 s runs sent together overlap in the agent process (needs the agent process's
+    concurrent serving), seen from the times the callback recorded."""
+    config = pool_config(tmp_path, "worker: {callback: 'adm:timed', concurrency: 4}\n")
+    async with AgentPool(config) as pool:
+        worker = pool.get_agent("worker")
+        replies = await asyncio.gather(*(worker.run(f"run {n}") for n in range(4)))
+        spans = [tuple(map(float, reply.content.split())) for reply in replies]
+        # Every run started before any run ended: all four were in the process at once.
+        assert max(began for began, _ in spans) < min(ended for _, ended in spans)
