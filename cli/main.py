@@ -92,7 +92,8 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
             "name": reply["name"],
             "pid": reply["pid"],
             "agents": [
-                {key: agent.get(key) for key in ("name", "pid", "state", "restarts")} for agent in reply["agents"]
+                {key: agent.get(key) for key in ("name", "pid", "state", "restarts", "queued", "running")}
+                for agent in reply["agents"]
             ],
             # Per agent since the system started: runs, prompt/completion/total tokens, cost (USD or null).
             "totals": totals,
@@ -163,6 +164,22 @@ def stop(name: str | None, socket_: str | None, timeout: float) -> None:
             raise click.ClickException(f"the system did not end within {timeout} s") from None
         except ConnectionError:
             click.echo("stopped")
+
+
+@main.command()
+@click.argument("agent")
+@with_system
+@click.option(
+    "--timeout", default=180.0, show_default=True, help="seconds to wait for the fresh process to be READY"
+)
+def restart(agent: str, name: str | None, socket_: str | None, timeout: float) -> None:
+    """Replace AGENT's process with a fresh one (also after it failed: resets its restart count).
+
+    Runs in flight get up to the system's shutdown_timeout to finish; runs sent meanwhile wait for the fresh
+    process.
+    """
+    reply = request(name, socket_, {"t": "restart", "agent": agent}, timeout=timeout)
+    click.echo(f"restarted {agent} (pid {reply['agent']['pid']})")
 
 
 @main.command()

@@ -203,9 +203,11 @@ class Agent(Generic[TDeps]):
         `wait_for_connections=True` returns after the whole downstream tree this message started has
         finished (its results are in `.downstream`); False returns after this agent's reply while the
         downstream runs go on; None (default) waits when one of this agent's connections has
-        `wait_for_completion`. Raises AgentRunError (the agent's name and the cause), never hangs on a crash.
+        `wait_for_completion`. Raises AgentRunError (the agent's name, the cause and its `kind`), never hangs on
+        a crash; AgentBusyError (at once, the run not accepted) when `max_queue` runs already wait.
         """
         router = self._supervisor.router
+        router.slot(self.name).check_capacity()
         result, trace = await router.send(self.name, prompt)
         wait = router.waits_by_default(self.name) if wait_for_connections is None else wait_for_connections
         if not wait:

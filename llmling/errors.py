@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypedDict, cast
+from typing import Any, ClassVar, Literal, TypedDict, cast, get_args
+
+# Why a run failed: the agent's code raised ("error"), its process died during the run ("crash"), it ran past
+# its run_timeout ("timeout"), the agent cannot take runs (failed, stopped, removed: "unavailable"), or its
+# queue is full ("busy").
+RunErrorKind = Literal["error", "crash", "timeout", "unavailable", "busy"]
 
 
 class LLMlingError(Exception):
@@ -171,16 +176,17 @@ class AgentRunError(LLMlingError):
     failed, stopped or was removed), "busy" (its queue is full).
     """
 
-    def __init__(self, agent: str, cause: str | ModelError, kind: str = "error") -> None:
+    def __init__(self, agent: str, cause: str | ModelError, kind: RunErrorKind = "error") -> None:
         super().__init__(f"agent {agent!r} failed: {cause}")
         self.agent = agent
         self.cause = cause
-        self.kind = kind
+        self.kind: RunErrorKind = kind
 
     @classmethod
     def from_reply(cls, agent: str, reply: Mapping[str, Any]) -> AgentRunError:
         """The error of an `error` reply (`error`, [`kind`], [`cause`]); a typed ModelError cause if it has one."""
-        kind = str(reply.get("kind") or "error")
+        given = reply.get("kind")
+        kind = cast(RunErrorKind, given if given in get_args(RunErrorKind) else "error")
         cause = reply.get("cause")
         if isinstance(cause, dict):
             try:
@@ -198,10 +204,18 @@ class AgentRunError(LLMlingError):
 
 
 class AgentBusyError(AgentRunError):
-    """The agent's queue is full (`max_queue`): the run was refused, not started. Try again later."""
+    """The agent's queue is full (`max_queue` runs accepted and not started): the run was not accepted.
 
-    def __init__(self, agent: str, cause: str) -> None:
-        super().__init__(agent, cause, kind="busy")
+    `retry_after` is the slot's estimate, in whole seconds, of when a place may be free.
+    """
+
+    def __init__(self, agent: str, queued: int, retry_after: int = 1) -> None:
+        super().__init__(agent, f"busy ({queued} queued)", kind="busy")
+        self.queued = queued
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"agent {self.agent} is busy ({self.queued} queued)"
 
 
 class UnknownAgentError(LLMlingError):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from llmling.errors import LLMlingError
+from llmling.errors import AgentBusyError, LLMlingError
 from llmling.ipc.peer import Peer
 from llmling.supervisor.control import BadRequest, field
 from llmling.supervisor.triggers.base import Firing, TriggerHost
@@ -168,12 +168,15 @@ class BackgroundRuns:
             if now - due >= job.interval:
                 due = now  # ticks missed while the loop was blocked are skipped, not replayed
             if job.busy:
-                job.skipped += 1
-                logger.bind(agent=job.agent).info("background run still in flight; tick skipped")
-                self.host.emit({"event": "background_skipped", "agent": job.agent, "skipped": job.skipped})
+                self._skip(job, "background run still in flight; tick skipped")
             else:
+                try:
+                    job.current = firing = self.host.start_run(job.agent, job.prompt)
+                except AgentBusyError as exc:
+                    self._skip(job, f"{exc}; tick skipped", reason="busy")
+                    due += job.interval
+                    continue
                 job.runs += 1
-                job.current = firing = self.host.start_run(job.agent, job.prompt)
                 self.host.emit(
                     {
                         "event": "background_run",
@@ -187,6 +190,13 @@ class BackgroundRuns:
         if self.jobs.get(job.agent) is job:
             del self.jobs[job.agent]
         self._ended(job, "max_count")
+
+    def _skip(self, job: BackgroundJob, why: str, reason: str = "in_flight") -> None:
+        job.skipped += 1
+        logger.bind(agent=job.agent).info("{}", why)
+        self.host.emit(
+            {"event": "background_skipped", "agent": job.agent, "skipped": job.skipped, "reason": reason}
+        )
 
     # -- control requests -----------------------------------------------------------------------------------
     def _on_start(self, peer: Peer, message: Message) -> None:

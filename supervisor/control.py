@@ -85,7 +85,7 @@ class Control:
             raise BadRequest(str(exc)) from None
         if not self._router.accepting:
             raise BadRequest("the system is shutting down")
-        self._router.slot(agent)
+        self._router.slot(agent).check_capacity()  # AgentBusyError: refused at once, never acknowledged
         self._spawn_task(self._run_send(peer, message, agent, prompt))
 
     async def _run_send(self, peer: Peer, message: Message, agent: str, prompt: str) -> None:
@@ -102,4 +102,4 @@ class Control:
                 result = {**result, "downstream": trace.results}
             peer.reply(message, {"t": "result", **result})
         except AgentRunError as exc:
-            peer.reply(message, {"t": "error", "error": str(exc), "agent": exc.agent})
+            peer.reply(message, {"t": "error", "error": str(exc), "agent": exc.agent, "kind": exc.kind})

@@ -39,6 +39,12 @@ class Child:
     async def wait(self) -> int | None:
         return await asyncio.shield(self.exited)
 
+    def kill(self) -> None:
+        """SIGKILL now (a blocked or hung process); its exit is seen on the sentinel as usual."""
+        if self.alive and self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
     async def end(self, grace: float, name: str) -> None:
         """Escalate: wait `grace` seconds for a clean exit, then SIGTERM, then SIGKILL (with a warning)."""
         for sig, wait in ((None, grace), (signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0)):

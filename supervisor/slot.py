@@ -1,41 +1,94 @@
-"""One agent's place in the system: keeps its process alive, knows its connection, fails its runs on a crash."""
+"""One agent's place in the system: keeps its process alive, admits and paces its runs, fails them with a kind.
+
+Admission: at most `max_queue` runs wait in the slot (accepted, not started); `check_capacity()` is what the
+edges (the control socket, the Python API, triggers, background ticks) call before they acknowledge a root
+run. Forwarded runs are never refused. At most `concurrency` runs are in the agent's process at once; the
+others wait here, in order. A run sent to the process has a deadline of `run_timeout` + a grace: the agent
+cancels the run itself at `run_timeout`; one that does not give it up by the deadline has its process replaced.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import math
 import secrets
 import signal
-import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, get_args
 
 from loguru import logger
 
 from llmling.agent_proc.spec import AgentSpec
-from llmling.errors import AgentRunError, StartupError
+from llmling.config import AgentConfig, SystemConfig
+from llmling.errors import AgentBusyError, AgentRunError, LLMlingError, RunErrorKind, StartupError
 from llmling.ipc.messages import ResultFrame, RunFrame
 from llmling.ipc.peer import OnChunk, Peer, PeerClosed
 from llmling.supervisor.exits import Child
+from llmling.supervisor.intensity import RestartIntensity
 from llmling.supervisor.spawner import Spawner
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
 
-BACKOFF_START = 0.25
-BACKOFF_MAX = 30.0
-# A process that stayed up this long has its backoff reset.
-STABLE_AFTER = 30.0
+# Seconds past `run_timeout` the agent process gets to give a cancelled run up before it is replaced.
+TIMEOUT_GRACE = 5.0
+# A heartbeat wait that overran its timeout by this much means the supervisor's own loop was late: not judged.
+SUPERVISOR_LAG = 1.0
+# Weight of the latest run in the moving average of run durations (for Retry-After).
+RUN_SECONDS_WEIGHT = 0.2
+RETRY_AFTER_MAX = 60
+KINDS: tuple[str, ...] = get_args(RunErrorKind)
+# States that end a start attempt.
+SETTLED = ("ready", "failed", "stopped")
+
+
+class AgentUnavailable(LLMlingError):
+    """A request needs the agent running, and it is stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPolicy:
+    """How a slot keeps its agent: admission, pacing, deadlines, heartbeat and restarts."""
+
+    concurrency: int = 1
+    max_queue: int = 1000
+    # Seconds a run may take once sent to the process (None: no limit).
+    run_timeout: float | None = 600.0
+    max_restarts: int = 5
+    restart_period: float = 60.0
+    # (interval, timeout) of the pings that check the agent's own event loop.
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 10.0
+    # Seconds from spawn to READY; an agent that takes longer (a hung init) is ended and retried.
+    start_timeout: float = 120.0
+    timeout_grace: float = TIMEOUT_GRACE
+
+    @classmethod
+    def from_config(cls, system: SystemConfig, agent: AgentConfig) -> SlotPolicy:
+        return cls(
+            concurrency=agent.concurrency,
+            max_queue=agent.max_queue,
+            run_timeout=agent.run_timeout,
+            max_restarts=agent.restart.max_restarts,
+            restart_period=agent.restart.period,
+            heartbeat_interval=system.heartbeat_interval,
+            heartbeat_timeout=system.heartbeat_timeout,
+            start_timeout=system.start_timeout,
+        )
 
 
 class AgentSlot:
-    """Keeps one agent process alive: spawn, wait for READY, restart with exponential backoff.
+    """Keeps one agent process alive: spawn, wait for READY, restart under a restart intensity.
 
     `run()` is the slot's long-lived task (owned by the supervisor's TaskGroup); `started` resolves once the
-    first process is READY or its start failed (then `state` is "failed" and `last_error` says why, and the
-    slot keeps retrying with backoff). Runs in flight when the process dies fail with
-    AgentRunError; runs submitted while it restarts wait for the next READY.
+    first process is READY or its start failed (then `state` is "failed" and `last_error` says why). After a
+    crash the first restart is immediate, repeated ones back off with full jitter; more than `max_restarts`
+    within `restart_period` and the slot gives up (`state` "failed", `gave_up`) until `restart()`.
+    `submit()` raises AgentRunError with its `kind`: "crash" (the process died during the run), "timeout",
+    "unavailable" (failed or stopped), "error" (the agent's own code failed, or its error frame's kind).
     """
 
     def __init__(
@@ -44,14 +97,10 @@ class AgentSlot:
         make_spec: Callable[[str], AgentSpec],
         spawner: Spawner,
         on_event: OnEvent,
-        heartbeat: tuple[float, float] = (5.0, 10.0),
-        start_timeout: float = 120.0,
+        policy: SlotPolicy | None = None,
     ) -> None:
         self.name = name
-        # (interval, timeout) of the pings that check the agent's own event loop.
-        self._heartbeat_interval, self._heartbeat_timeout = heartbeat
-        # Seconds from spawn to READY; an agent that takes longer (a hung init) is ended and retried.
-        self._start_timeout = start_timeout
+        self.policy = policy = policy or SlotPolicy()
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
@@ -60,11 +109,39 @@ class AgentSlot:
         self.pid: int | None = None
         self.restarts = 0
         self.last_error: str | None = None
-        # Invariant: set exactly while `peer` is an authenticated, READY connection of the current process.
+        self._intensity = RestartIntensity(policy.max_restarts, policy.restart_period)
+        # Invariant: runs inside `submit` not yet sent to the process (waiting for a place or for READY).
+        self.queued = 0
+        # Invariant: runs accepted by `check_capacity()` whose tasks have not reached `submit` yet (each entry
+        # is taken by a run entering `submit`, or expires two turns of the loop later); counted with `queued`.
+        self._admissions: deque[object] = deque()
+        # Invariant: runs sent to the current process and not answered; never more than `concurrency`.
+        self.running = 0
+        # The `concurrency` places; a run holds one from before it waits for READY until its reply. FIFO.
+        self._places = asyncio.Semaphore(policy.concurrency)
+        # Set whenever `running` is 0 (a graceful restart waits for it).
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Moving average of the seconds a run takes in the process (for Retry-After).
+        self._run_seconds = 1.0
+        # Loop time of the last frame heard from the process (results, chunks, pongs, component reports).
+        self._last_heard = 0.0
+        # Invariant: set exactly while `peer` is an authenticated, READY connection of the current process
+        # that takes new runs (cleared during a graceful restart).
         self._ready = asyncio.Event()
         # Set when the current start attempt failed (cleared when the next one begins): wakes the runs
         # waiting for READY, which would otherwise wait for a READY that this attempt will never bring.
         self._start_failed = asyncio.Event()
+        # Invariant: set while the slot takes no runs at all: it gave up (restart intensity) or it is stopping.
+        self._down = asyncio.Event()
+        # True after the restart intensity was exceeded, until `restart()`.
+        self.gave_up = False
+        # Wakes the slot's task from a backoff nap or from giving up (a restart or a stop was asked for).
+        self._wake = asyncio.Event()
+        # True while a requested restart replaces the current process (its end is not a crash).
+        self._replacing = False
+        # Futures of `restart()` calls, resolved with the next settled state (ready, failed, stopped).
+        self._outcome_waiters: list[asyncio.Future[str]] = []
         self.peer: Peer | None = None
         self._token: str | None = None
         self._hello: asyncio.Future[Peer] | None = None
@@ -76,6 +153,11 @@ class AgentSlot:
     # -- state ----------------------------------------------------------------------------------------------
     def _set_state(self, state: str, **extra: Any) -> None:
         self.state = state
+        if state in SETTLED and self._outcome_waiters:
+            waiters, self._outcome_waiters = self._outcome_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(state)
         self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": self.pid, **extra})
 
     def status(self) -> Message:
@@ -85,6 +167,9 @@ class AgentSlot:
             "state": self.state,
             "restarts": self.restarts,
             "error": self.last_error,
+            "gave_up": self.gave_up,
+            "queued": self.queued,
+            "running": self.running,
         }
 
     # -- from the control socket ----------------------------------------------------------------------------
@@ -99,6 +184,7 @@ class AgentSlot:
         return True
 
     def on_agent_message(self, peer: Peer, message: Message) -> None:
+        self._heard()
         kind = message.get("t")
         if kind == "ready" and self._init_result is not None and not self._init_result.done():
             self._init_result.set_result(None)
@@ -116,11 +202,12 @@ class AgentSlot:
         else:
             self.log.warning("unexpected message {!r} from the agent process", kind)
 
+    def _heard(self, *_: object) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+
     # -- the slot's task ------------------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = BACKOFF_START
         while not self._stopping:
-            began = time.monotonic()
             failed = False
             try:
                 await self._one_life()
@@ -129,25 +216,49 @@ class AgentSlot:
             except Exception as exc:
                 if self._stopping:
                     break  # the process was ended on purpose during its start
-                failed = True
-                self.last_error = str(exc)
-                self.log.error("{}", exc)
-                self._set_state("failed", error=str(exc))
-                self._start_failed.set()
+                if not self._replacing:
+                    failed = True
+                    self.last_error = str(exc)
+                    self.log.error("{}", exc)
+                    self._set_state("failed", error=str(exc))
+                    self._start_failed.set()
             if not self.started.done():
                 self.started.set_result(None)  # the first attempt has an outcome; `state` says which
             if self._stopping:
                 break
-            if time.monotonic() - began > STABLE_AFTER:
-                backoff = BACKOFF_START
+            if self._replacing:  # a requested restart: at once, and not counted as a crash
+                self._replacing = False
+                self.restarts += 1
+                continue
+            delay = self._intensity.crashed(start_failed=failed)
+            if delay is None:
+                await self._give_up()
+                continue
             self.restarts += 1
             if not failed:
-                self._set_state("restarting", delay=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                self._set_state("restarting", delay=round(delay, 3))
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
         if not self.started.done():
             self.started.set_result(None)
         self._set_state("stopped")
+
+    async def _give_up(self) -> None:
+        """More than `max_restarts` within the period: stay failed until `restart()` (or the stop)."""
+        policy = self.policy
+        self.gave_up = True
+        self.last_error = (
+            f"gave up after {self._intensity.recent} crashes within {policy.restart_period:g} s "
+            f"(restart: max_restarts={policy.max_restarts}); last: {self.last_error}; "
+            f"`llmling restart {self.name}` starts it again"
+        )
+        self.log.error("{}", self.last_error)
+        self._down.set()
+        self._wake.clear()
+        self._set_state("failed", error=self.last_error, gave_up=True)
+        await self._wake.wait()
 
     async def _one_life(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,21 +272,21 @@ class AgentSlot:
         exited = child.exited
         try:
             try:
-                async with asyncio.timeout(self._start_timeout):
+                async with asyncio.timeout(self.policy.start_timeout):
                     peer = await _first(self._hello, exited, "exited before connecting")
                     self.peer = peer
                     await _first(self._init_result, exited, "exited during its init")
             except TimeoutError:
-                raise StartupError(f"not ready within start_timeout={self._start_timeout:g} s") from None
+                raise StartupError(f"not ready within start_timeout={self.policy.start_timeout:g} s") from None
             self._ready.set()
             self._set_state("ready")
             if not self.started.done():
                 self.started.set_result(None)
             async with asyncio.TaskGroup() as group:
-                heartbeat = group.create_task(self._heartbeat(peer, child.pid))
+                heartbeat = group.create_task(self._heartbeat(peer, child))
                 code = await child.wait()
                 heartbeat.cancel()
-            if not self._stopping:
+            if not self._stopping and not self._replacing:
                 self.last_error = f"process exited with {_describe(code)}"
                 self.log.warning("process {} exited with {}", child.pid, _describe(code))
         finally:
@@ -185,59 +296,202 @@ class AgentSlot:
             if child.alive:
                 await child.end(0.0, self.name)
 
-    async def _heartbeat(self, peer: Peer, pid: int | None) -> None:
-        """Ping the agent's own event loop; a loop blocked past the timeout gets its process killed."""
+    async def _heartbeat(self, peer: Peer, child: Child) -> None:
+        """Ping the agent's own event loop; kill the process only when its loop is blocked.
+
+        A ping unanswered for `heartbeat_timeout` counts only when nothing else was heard from the process in
+        that time either (results and chunks arriving mean its loop turns, however busy it is) and the
+        supervisor's own loop was not late itself; otherwise the same ping gets another window.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.policy.heartbeat_timeout
         while True:
-            await asyncio.sleep(self._heartbeat_interval)
+            await asyncio.sleep(self.policy.heartbeat_interval)
             try:
-                await asyncio.wait_for(peer.request({"t": "ping"}), self._heartbeat_timeout)
-            except TimeoutError:
-                self.log.error("no heartbeat for {} s; killing process {}", self._heartbeat_timeout, pid)
-                if pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                pong = peer.start_request({"t": "ping"})
+            except PeerClosed:
                 return
-            except (PeerClosed, ConnectionError):
+            pong.add_done_callback(self._heard)
+            window = loop.time()
+            while True:
+                await asyncio.wait({pong}, timeout=timeout)
+                if pong.done():
+                    break
+                now = loop.time()
+                if self._last_heard > window or now - window > timeout + SUPERVISOR_LAG:
+                    window = now  # the agent's loop is turning, or ours was late: not a blocked loop
+                    continue
+                self.log.error("no heartbeat for {} s; killing process {}", timeout, child.pid)
+                child.kill()
                 return
+            if pong.cancelled() or pong.exception() is not None:
+                return
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """Raise AgentBusyError when `max_queue` runs already wait: what every edge asks before it accepts.
+
+        An accepted run is counted from here until its task reaches `submit` (that task starts in the next
+        turn of the loop, so the admission expires after two turns at the latest): a burst accepted within one
+        turn cannot overshoot `max_queue`.
+        """
+        waiting = self.queued + len(self._admissions)
+        if waiting >= self.policy.max_queue:
+            raise AgentBusyError(self.name, waiting, self._retry_after())
+        admission = object()
+        self._admissions.append(admission)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._expire, admission)
+
+    def _expire(self, admission: object) -> None:
+        with contextlib.suppress(ValueError):
+            self._admissions.remove(admission)
+
+    def _retry_after(self) -> int:
+        """Whole seconds until a place is likely free: one average run shared by the places."""
+        return max(1, min(RETRY_AFTER_MAX, math.ceil(self._run_seconds / self.policy.concurrency)))
+
+    def _check_available(self) -> None:
+        if self._stopping:
+            raise AgentRunError(self.name, "agent is stopped", kind="unavailable")
+        if self.gave_up:
+            raise AgentRunError(self.name, f"agent failed: {self.last_error}", kind="unavailable")
+        if self.state == "failed":
+            raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
 
     # -- runs -----------------------------------------------------------------------------------------------
     async def submit(self, message: RunFrame, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> ResultFrame:
-        """Send a run to the agent process and return its final reply. Raises AgentRunError."""
-        if not self._ready.is_set():
-            if self._stopping:
-                raise AgentRunError(self.name, "agent is stopped")
-            if self.state == "failed":
-                raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
-            ready = asyncio.ensure_future(self._ready.wait())
-            failed = asyncio.ensure_future(self._start_failed.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    {ready, failed}, timeout=wait_ready, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                ready.cancel()
-                failed.cancel()
-            if not self._ready.is_set():
-                if self._start_failed.is_set():
-                    raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
-                if ready in done:  # it was READY, and its process died before the run was sent
-                    raise AgentRunError(self.name, "agent process died before the run")
-                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s")
-        peer = self.peer
-        assert peer is not None
+        """Run `message` in the agent process once a place is free; return its final reply.
+
+        Never refuses for a full queue (the edges call `check_capacity()` first). Raises AgentRunError.
+        """
+        self._check_available()
+        if self._admissions:
+            self._admissions.popleft()  # counted in `queued` from now on
+        self.queued += 1
         try:
-            reply = await peer.start_request(message, on_chunk)
+            await self._places.acquire()
+        except BaseException:
+            self.queued -= 1
+            raise
+        try:
+            try:
+                peer = await self._wait_ready(wait_ready)
+            finally:
+                self.queued -= 1
+            return await self._exchange(peer, message, on_chunk)
+        finally:
+            self._places.release()
+
+    async def _wait_ready(self, limit: float) -> Peer:
+        """The READY process's connection; waits through restarts. Raises AgentRunError ("unavailable")."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            self._check_available()
+            if self._ready.is_set() and self.peer is not None and self.peer.is_open:
+                return self.peer
+            waits = [
+                asyncio.ensure_future(event.wait()) for event in (self._ready, self._start_failed, self._down)
+            ]
+            try:
+                await asyncio.wait(waits, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if self._start_failed.is_set() and not self._ready.is_set():
+                raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
+            if loop.time() >= deadline and not self._ready.is_set():
+                raise AgentRunError(self.name, f"agent not ready after {limit:g} s", kind="unavailable")
+            child, peer = self._child, self.peer
+            if self._ready.is_set() and (peer is None or not peer.is_open) and child is not None and child.alive:
+                # READY, but its connection just closed: the process is ending; wait for the slot to see it.
+                await asyncio.wait({child.exited}, timeout=max(0.0, deadline - loop.time()))
+
+    async def _exchange(self, peer: Peer, message: Message, on_chunk: OnChunk | None) -> Message:
+        """Send the run, wait for its reply up to run_timeout + grace; past that, replace the process."""
+        timeout = self.policy.run_timeout
+        message.setdefault("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        heard_chunk = None
+        if on_chunk is not None:
+            forward = on_chunk
+
+            def heard_chunk(chunk: Message) -> None:
+                self._heard()
+                forward(chunk)
+
+        try:
+            reply_future = peer.start_request(message, heard_chunk)
+        except PeerClosed:
+            raise AgentRunError(self.name, "agent process died during the run", kind="crash") from None
+        reply_future.add_done_callback(self._heard)
+        child = self._child
+        self.running += 1
+        self._idle.clear()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(None if timeout is None else timeout + self.policy.timeout_grace):
+                reply = await reply_future
+        except TimeoutError:
+            self.log.error(
+                "run {} not given up {:g} s after its run_timeout={:g} s; replacing process {}",
+                message.get("id"),
+                self.policy.timeout_grace,
+                timeout,
+                None if child is None else child.pid,
+            )
+            if child is not None:
+                child.kill()
+            raise AgentRunError(self.name, f"run timed out after {timeout:g} s", kind="timeout") from None
         except (PeerClosed, ConnectionError):
-            raise AgentRunError(self.name, "agent process died during the run") from None
+            raise AgentRunError(self.name, "agent process died during the run", kind="crash") from None
+        finally:
+            peer.forget(str(message.get("id")))
+            self.running -= 1
+            if self.running == 0:
+                self._idle.set()
+        elapsed = loop.time() - started
+        self._run_seconds += RUN_SECONDS_WEIGHT * (elapsed - self._run_seconds)
         if reply.get("t") == "error":
             raise AgentRunError.from_reply(self.name, reply)
         return reply
 
-    # -- stopping -------------------------------------------------------------------------------------------
+    # -- restart and stop -----------------------------------------------------------------------------------
+    async def restart(self, grace: float) -> None:
+        """Start a fresh process and reset the restart intensity (`llmling restart`).
+
+        Runs in flight get up to `grace` seconds to finish (new ones wait for the fresh process); those still
+        running then fail with kind "crash". Returns once the fresh process is READY or its start failed
+        (`state` says which). Raises AgentUnavailable when the slot is stopping.
+        """
+        if self._stopping:
+            raise AgentUnavailable(f"agent {self.name!r} is stopped")
+        self._intensity.reset()
+        self._start_failed.clear()
+        if self.gave_up:
+            self.gave_up = False
+            self._down.clear()
+        outcome = asyncio.get_running_loop().create_future()
+        self._outcome_waiters.append(outcome)
+        child, peer = self._child, self.peer
+        if child is not None and child.alive:
+            self._replacing = True
+            self._ready.clear()  # no new run goes to the old process; they wait for the fresh one
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+            if peer is not None:
+                peer.send({"t": "shutdown"})
+            await child.end(grace, self.name)
+        self._wake.set()  # from a backoff nap or from giving up
+        await outcome
+
     async def stop(self, grace: float) -> None:
         """Ask the process to exit, escalate after `grace`; the slot's task then ends."""
         self._stopping = True
         self._ready.clear()
+        self._down.set()
+        self._wake.set()
         if self.peer is not None:
             self.peer.send({"t": "shutdown"})
         if self._child is not None:

@@ -31,10 +31,11 @@ from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.restarts import RestartRequests
 from llmling.supervisor.router import Router
 from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
-from llmling.supervisor.slot import AgentSlot
+from llmling.supervisor.slot import AgentSlot, SlotPolicy
 from llmling.supervisor.spawner import Spawner
 from llmling.supervisor.triggers import Triggers
 
@@ -76,8 +77,7 @@ class Supervisor:
                 self._spec_maker(name),
                 self._spawner,
                 self.emit,
-                heartbeat=(config.heartbeat_interval, config.heartbeat_timeout),
-                start_timeout=config.start_timeout,
+                SlotPolicy.from_config(config, config.agents[name]),
             )
             for name in config.agents
         }
@@ -92,6 +92,8 @@ class Supervisor:
             for connection in agent.connections:
                 self.router.connect(route_from_config(name, connection, str(config.base_dir)))
         self.control = Control(self.router, self.status, self.request_stop, self._spawn_task)
+        # `llmling restart AGENT`: in-flight runs get the drain's time to finish.
+        RestartRequests(self.control, self.router, config.shutdown_timeout, self._spawn_task)
         # Started after every agent is READY, stopped (in reverse order) before the drain. A service owns
         # its long-lived tasks through `spawn_service_task`.
         self.services: list[Service] = []

@@ -19,6 +19,7 @@ from llmling.config.schema import (
     SystemConfig,
     WordMatch,
 )
+from llmling.config.supervision import RestartConfig
 from llmling.config.triggers import BackgroundConfig, FileTrigger, TimeTrigger, WebhookTrigger
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "KnowledgeConfig",
     "ModelSettings",
     "ResourceRef",
+    "RestartConfig",
     "StdioServerConfig",
     "SystemConfig",
     "TimeTrigger",

@@ -22,6 +22,7 @@ from llmling.config.capabilities import (
 )
 from llmling.config.providers import LOCAL_PREFIX
 from llmling.config.state import state_dir as resolve_state_dir
+from llmling.config.supervision import MAX_CONCURRENCY, MAX_QUEUE, RestartConfig
 from llmling.config.triggers import BackgroundConfig, TriggerConfig, unique_trigger_names
 from llmling.names import check_name, expand_short_form, unknown
 
@@ -151,11 +152,21 @@ class AgentConfig(Strict):
     background: BackgroundConfig | None = Field(
         None, description="a prompt the supervisor runs repeatedly from start-up: {prompt, interval, max_count}"
     )
-    # Runs the agent process serves at once. Each run's context is the history as of its start; its
-    # user/assistant pair joins the history when it completes (completion order).
-    concurrency: int = Field(1, ge=1)
-    # Seconds a run may take inside the agent before it is cancelled (a `timeout` error); None: no limit.
-    run_timeout: float | None = Field(600, gt=0)
+    # `concurrency`: each run's context is the history as of its start; its user/assistant pair joins the
+    # history when it completes (completion order).
+    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY, description="runs at once inside the agent's process")
+    max_queue: int = Field(
+        1000,
+        ge=1,
+        le=MAX_QUEUE,
+        description="runs accepted and not started; beyond it new runs are refused (busy)",
+    )
+    run_timeout: float | None = Field(
+        600.0, gt=0, description="seconds a run may take once started (null: no limit); then it is cancelled"
+    )
+    restart: RestartConfig = Field(
+        default_factory=RestartConfig, description="restart intensity: {max_restarts, period}"
+    )
 
     # The `${VAR}`s of this agent's section (outside its triggers), recorded by the loader: they count as named
     # by its config, so its process gets them (supervisor/environment.py). Not part of the file.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from llmling.errors import AgentRunError, LLMlingError
+from llmling.errors import AgentBusyError, AgentRunError, LLMlingError
 from llmling.ipc.peer import new_id
 from llmling.supervisor.router import Trace
 
@@ -139,7 +139,11 @@ class TriggerHost:
         return self._supervisor.spawn_service_task(coro, name=name)
 
     def start_run(self, agent: str, prompt: str, on_end: OnEnd | None = None) -> Firing:
-        """Start a run of `agent` now (as a new trace) and return its ids; `on_end(outcome)` is called last."""
+        """Start a run of `agent` now (as a new trace) and return its ids; `on_end(outcome)` is called last.
+
+        Raises AgentBusyError (nothing started) when the agent's queue is full.
+        """
+        self.router.slot(agent).check_capacity()
         trace = Trace(uuid.uuid4().hex)
         run_id = new_id()
         task = self.spawn(self._run(agent, prompt, trace, run_id, on_end), name=f"run-{agent}-{run_id}")
@@ -170,7 +174,10 @@ class TriggerHost:
         return outcome
 
     def fire(self, trigger: TriggerState, prompt: str, **detail: Any) -> Firing:
-        """Start a run for `trigger` and emit `trigger_fired` with its ids and `detail`."""
+        """Start a run for `trigger` and emit `trigger_fired` with its ids and `detail`.
+
+        Raises AgentBusyError (nothing started, nothing counted) when the agent's queue is full.
+        """
 
         def on_end(outcome: Outcome) -> None:
             trigger.in_flight -= 1
@@ -178,9 +185,9 @@ class TriggerHost:
                 trigger.failed += 1
                 trigger.last_error = outcome.error
 
+        firing = self.start_run(trigger.agent, prompt, on_end)
         trigger.fired += 1
         trigger.in_flight += 1
-        firing = self.start_run(trigger.agent, prompt, on_end)
         self.emit(
             {
                 "event": "trigger_fired",
@@ -193,6 +200,15 @@ class TriggerHost:
             }
         )
         return firing
+
+    def try_fire(self, trigger: TriggerState, prompt: str, **detail: Any) -> Firing | None:
+        """`fire`, or, when the agent's queue is full, count and report the drop (`trigger_skipped` busy)."""
+        try:
+            return self.fire(trigger, prompt, **detail)
+        except AgentBusyError as exc:
+            self.log.bind(agent=trigger.agent).warning("trigger {}: {}; dropped", trigger.label, exc)
+            self.skip(trigger, "busy", queued=exc.queued)
+            return None
 
     def skip(self, trigger: TriggerState, reason: str, **detail: Any) -> None:
         """Count and report a tick or event that did not become a run."""

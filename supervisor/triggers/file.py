@@ -218,13 +218,14 @@ class _Watcher:
                 self.trigger.last_error = str(exc)
                 self.host.skip(self.trigger, "template", error=str(exc))
                 continue
-            firing = self.host.fire(
+            firing = self.host.try_fire(
                 self.trigger,
                 prompt,
                 changes=[{"change": change, "path": self._shown(path)} for path, change in batch.items()],
             )
             # One run at a time: changes arriving meanwhile wait in `pending` and go out together.
-            await asyncio.wait({firing.task})
+            if firing is not None:
+                await asyncio.wait({firing.task})
 
     def _shown(self, path: str) -> str:
         try:

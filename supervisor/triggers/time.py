@@ -107,7 +107,7 @@ class TimeTriggers:
             trigger.last_error = str(exc)
             self.host.skip(trigger, "template", error=str(exc))
             return
-        self.host.fire(trigger, prompt, time=now, count=count)
+        self.host.try_fire(trigger, prompt, time=now, count=count)
 
     @staticmethod
     def prompt(trigger: TriggerState, now: str, count: int) -> str:

@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from llmling.config.triggers import WebhookTrigger, webhook_server_settings
-from llmling.errors import StartupError, UnknownAgentError
+from llmling.errors import AgentBusyError, StartupError, UnknownAgentError
 from llmling.ipc.frames import DEFAULT_MAX_FRAME
 from llmling.supervisor.triggers.base import Firing, Outcome, TriggerHost, TriggerState, render
 from llmling.supervisor.triggers.webhook_auth import SignatureError, Verifier
@@ -258,7 +258,10 @@ class _Server:
             return web.json_response(first, status=202, headers={"X-Llmling-Replay": "true"})
         prompt = _prompt(request, endpoint, body, event)
         self._check_open(trigger)
-        firing = self.host.fire(trigger, prompt, path=request.path, bytes=len(body))
+        try:
+            firing = self.host.fire(trigger, prompt, path=request.path, bytes=len(body))
+        except AgentBusyError as exc:  # the queue is full: not accepted, the sender may retry
+            raise Rejection(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
         accepted = {"id": firing.id, "trace_id": firing.trace_id, **ids}
         if delivery is not None:  # before the first await: a duplicate arriving meanwhile is a replay
             endpoint.deliveries.put(delivery, accepted)
