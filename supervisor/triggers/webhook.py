@@ -32,7 +32,7 @@ from aiohttp.web_request import BaseRequest
 
 from llmling.config.triggers import WebhookTrigger, webhook_server_settings
 from llmling.errors import AgentBusyError, StartupError, UnknownAgentError
-from llmling.ipc.frames import DEFAULT_MAX_FRAME
+from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 from llmling.supervisor.triggers.base import Firing, Outcome, TriggerHost, TriggerState, render
 from llmling.supervisor.triggers.webhook_auth import SignatureError, Verifier
 from llmling.supervisor.triggers.webhook_limits import GuardedServer
@@ -43,9 +43,6 @@ _TRUE = ("1", "true", "yes", "on")
 RESPONSE_TIMEOUT = 30.0
 # Seconds a client is told to wait before it retries a 429.
 RETRY_AFTER_S = 5
-# Bytes of a run frame besides its prompt (ids, trace id, flags): a prompt is refused (413) when its JSON
-# encoding plus this exceeds the frame limit, so no run frame an agent would refuse is ever sent.
-RUN_FRAME_OVERHEAD = 4096
 # Fields a form body may have (Slack sends about 15).
 MAX_FORM_FIELDS = 1000
 # A delivery id longer than this is remembered by its SHA-256.
@@ -81,11 +78,6 @@ class _Headers(dict[str, str]):
 
 def _json_content(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
-
-
-def run_frame_bytes(prompt: str) -> int:
-    """The size of the run frame that carries `prompt` (its JSON encoding plus the other fields), at most."""
-    return len(json.dumps(prompt, ensure_ascii=False).encode()) + RUN_FRAME_OVERHEAD
 
 
 class _Endpoint:
@@ -366,9 +358,10 @@ def _prompt(request: BaseRequest, endpoint: _Endpoint, body: bytes, event: str) 
             )
         except ValueError as exc:
             raise Rejection(400, str(exc)) from None
-    size = run_frame_bytes(prompt)
-    if size > DEFAULT_MAX_FRAME:
-        raise Rejection(413, f"prompt too large: {size} bytes as a run frame, limit {DEFAULT_MAX_FRAME}")
+    try:
+        check_prompt_size(prompt)  # the one size rule: the prompt as its run frame will carry it
+    except PromptTooLarge as exc:
+        raise Rejection(413, str(exc)) from None
     return prompt
 
 
@@ -432,4 +425,4 @@ class WebhookTriggers:
         await asyncio.gather(*(server.close() for server in self.servers))
 
 
-__all__ = ["REFUSED_RUN_STATUS", "Rejection", "WebhookTriggers", "run_frame_bytes"]
+__all__ = ["REFUSED_RUN_STATUS", "Rejection", "WebhookTriggers"]

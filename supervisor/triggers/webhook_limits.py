@@ -4,7 +4,8 @@ aiohttp's low-level server parses requests and closes idle kept-alive connection
 also bounds the wait for the head of a connection's next request), but it accepts any number of connections
 and waits forever for the head of a connection's first request. `GuardedServer` adds what is missing:
 - a connection past `max_connections` on the server, or past `max_connections_per_client` from one address,
-  gets a one-line `503` and is closed at once (never queued), so a flood costs no file descriptors;
+  gets a one-line `503` and is closed at once (never queued), so a flood costs no file descriptors; so does
+  any connection while the supervisor's descriptor budget (llmling.ipc.fdbudget) is used up;
 - a connection whose first request head has not arrived within `header_timeout` is closed.
 The body deadline and the response deadline belong to the request handler (`webhook.py`).
 """
@@ -22,6 +23,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from loguru import logger
+
+from llmling.ipc.fdbudget import fd_budget
 
 # aiohttp's parser limits, stated here so they are ours: a request line or header line, one header's value,
 # and the number of headers. A request beyond them gets aiohttp's 400 and the connection is closed.
@@ -108,6 +111,9 @@ class GuardedServer(web.Server):
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if len(self._accepted) >= self.max_connections:
             self._refuse(transport, address, f"too many connections ({self.max_connections})")
+            return
+        if fd_budget().exhausted():  # the descriptors the agents and the control socket need come first
+            self._refuse(transport, address, "out of file descriptors")
             return
         if self._per_client.get(address, 0) >= self.max_per_client:
             self._refuse(transport, address, f"too many connections from {address} ({self.max_per_client})")
