@@ -6,7 +6,18 @@ import json
 
 import pytest
 
-from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, FrameError, encode
+from llmling.ipc.frames import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    MAX_PROMPT_BYTES,
+    RUN_FRAME_RESERVE,
+    FrameDecoder,
+    FrameError,
+    PromptTooLarge,
+    check_prompt_size,
+    encode,
+    encoded_size,
+)
 
 MESSAGES = [
     {"t": "send", "id": "c1-1", "agent": "a", "prompt": "héllo ✓", "stream": True},
@@ -96,3 +107,37 @@ def test_bad_frame_after_good_ones_still_raises() -> None:
     decoder = FrameDecoder()
     with pytest.raises(FrameError):
         decoder.feed(encode({"t": "ok"}) + raw(b"[]"))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"t": [1]}', "field 't' must be a string"),
+        (b'{"t": "x", "id": {"a": 1}}', "field 'id' must be a string"),
+        (b'{"t": "x", "re": null}', "field 're' must be a string"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ],
+)
+def test_unusable_envelopes_and_deep_nesting_raise(body: bytes, expected: str) -> None:
+    with pytest.raises(FrameError, match=expected):
+        FrameDecoder().feed(raw(body))
+
+
+def test_lone_surrogates_round_trip() -> None:
+    message = {"t": "send", "prompt": "a\ud800b"}
+    assert FrameDecoder().feed(encode(message)) == [message]
+
+
+def test_the_prompt_size_is_the_size_as_encoded() -> None:
+    assert check_prompt_size("hello") >= 7
+    fits = "x" * (MAX_PROMPT_BYTES - 2)
+    assert check_prompt_size(fits) == MAX_PROMPT_BYTES
+    with pytest.raises(
+        PromptTooLarge, match=f"prompt too large: {MAX_PROMPT_BYTES + 1} bytes, limit {MAX_PROMPT_BYTES}"
+    ):
+        check_prompt_size(fits + "x")
+    control = "\x01" * (MAX_PROMPT_BYTES // 6 + 1)  # 1/6 of the limit as text, just over it as JSON
+    with pytest.raises(PromptTooLarge) as caught:
+        check_prompt_size(control)
+    assert caught.value.size == encoded_size(control) == 6 * len(control) + 2
+    assert MAX_PROMPT_BYTES + RUN_FRAME_RESERVE == DEFAULT_MAX_FRAME

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from llmling import AgentPool, AgentRunError
 from llmling.ipc.client import Client
 from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, MAX_PROMPT_BYTES, FrameDecoder, Message, encode
 from llmling.ipc.peer import Peer, connect
@@ -395,3 +396,30 @@ def test_a_spawn_short_of_descriptors_fails_and_the_forkserver_stays(tmp_path: P
     lines = done.stdout.splitlines()
     assert lines[0].startswith("refused EMFILE too many open files:"), done.stdout
     assert lines[1] == "again True True", done.stdout
+
+
+GROWING = """
+def fill(prompt):
+    # A reply that fits its frame, and as the next agent's prompt, leaves no room for the run frame's fields.
+    return "x" * (8 * 1024 * 1024 - 1000)
+
+
+def same(prompt):
+    return prompt
+"""
+
+
+async def test_the_python_api_and_forwarded_replies_obey_the_prompt_limit(tmp_path: Path) -> None:
+    (tmp_path / "growing.py").write_text(GROWING)
+    config = tmp_path / "pool.yml"
+    config.write_text(
+        "agents:\n  filler: {callback: growing:fill, connections: [copy]}\n  copy: {callback: growing:same}\n"
+    )
+    async with AgentPool(config) as pool:
+        with pytest.raises(AgentRunError, match=r"prompt too large: 9437186 bytes, limit 8384512"):
+            await pool.get_agent("copy").run("\x01" * (1536 * 1024))
+        with pytest.raises(AgentRunError, match=r"agent 'copy' failed: prompt too large: 8387610 bytes"):
+            await pool.get_agent("filler").run("go", wait_for_connections=True)
+        # Both agents still serve, in the same processes.
+        assert (await pool.get_agent("copy").run("small")).content == "small"
+        assert all(agent["restarts"] == 0 for agent in pool.supervisor.status()["agents"])
