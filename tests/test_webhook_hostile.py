@@ -186,8 +186,10 @@ async def test_connection_flood_leaves_the_system_answering(systems) -> None:  #
     if soft < 1024:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
     baseline = fd_count(system.pid)
-    # The flood goes on (200 connections at a time) until the system has been asked, at most `cap` connections.
-    cap, parallel = 20_000, 200
+    # The flood goes on (200 connections at a time) until the system has been asked: at most `cap` connections
+    # and `span` seconds (far more than the two commands take, so the flood is on while they run).
+    cap, parallel, span = 100_000, 200, 45.0
+    flood_ends = time.monotonic() + span
     asked = asyncio.Event()
     outcomes: Counter[str] = Counter()
     held_for: list[float] = []
@@ -215,7 +217,7 @@ async def test_connection_flood_leaves_the_system_answering(systems) -> None:  #
 
     async def worker(source: str) -> int:
         made = 0
-        while not asked.is_set() and made < cap // parallel:
+        while not asked.is_set() and made < cap // parallel and time.monotonic() < flood_ends:
             await one(source)
             made += 1
         return made
