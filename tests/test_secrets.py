@@ -321,3 +321,31 @@ def test_a_failing_run_in_jupyter_shows_no_locals_and_no_secret(llm: ScriptedLLM
     assert "AgentRunError" in output and "Incorrect API key provided: ***" in output, output
     assert key not in output
     assert "'api_key'" not in output, output
+
+
+def test_sinks_mask_secrets_in_messages_and_tracebacks_without_locals() -> None:
+    import io
+
+    from loguru import logger
+
+    from llmling import logs
+
+    key = planted("sink")
+    logs.add_secrets([key, "short"])  # too short to mask: ordinary words stay readable
+    stream = io.StringIO()
+    sink = logs.add_sink(stream, "INFO")
+    try:
+
+        def call(api_key: str) -> None:
+            raise RuntimeError(f"rejected {api_key}")
+
+        try:
+            call(key)
+        except RuntimeError as exc:
+            logger.opt(exception=exc).warning("the key {} and a short word", key)
+    finally:
+        logger.remove(sink)
+    text = stream.getvalue()
+    assert key not in text
+    assert "the key *** and a short word" in text and "RuntimeError: rejected ***" in text, text
+    assert "'api_key'" not in text and "└" not in text, text  # no variables under the traceback's lines
