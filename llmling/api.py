@@ -37,7 +37,7 @@ Condition = Callable[[str], Any] | None
 _standalone_ids = itertools.count(1)
 
 
-def import_path(function: Any, field: str) -> Any:
+def _as_import_path(function: Any, field: str) -> Any:
     """A function object given for `field` (a callback, a tool) as its `module:name` path; other values as
     they are. Agents import it in their own process, which never runs `__main__`: such a function is refused."""
     if not callable(function) or isinstance(function, str):
@@ -155,9 +155,9 @@ class Agent(Generic[TDeps]):
             base = system.source
         else:
             if "callback" in agent_config:
-                agent_config["callback"] = import_path(agent_config["callback"], "callback")
+                agent_config["callback"] = _as_import_path(agent_config["callback"], "callback")
             if isinstance(agent_config.get("tools"), list):
-                agent_config["tools"] = [import_path(tool, "tool") for tool in agent_config["tools"]]
+                agent_config["tools"] = [_as_import_path(tool, "tool") for tool in agent_config["tools"]]
             agent = AgentConfig.model_validate({**agent_config, "parallel_init": parallel_init})
             base = None
         system_name = f"{self.name}-agent{next(_standalone_ids)}"

@@ -98,7 +98,7 @@ def _spawnv_passfds(env: Mapping[str, str]) -> Any:
         passfds = tuple(sorted(map(int, passfds)))
         errpipe_read, errpipe_write = os.pipe()
         try:
-            # The same call as the standard library's (Python 3.11), with `env_list` in place of None.
+            # The standard library's call (the same in Python 3.11 to 3.13), with `env_list` in place of None.
             return _posixsubprocess.fork_exec(  # type: ignore[no-any-return]
                 args, [os.fsencode(path)], True, passfds, None, env_list,
                 -1, -1, -1, -1, -1, -1, errpipe_read, errpipe_write,

@@ -120,27 +120,31 @@ def test_ipython_top_level_await(folder: Path) -> None:
     assert_ran_once(folder, run([str(BIN / "ipython"), "--no-banner", "-c", AWAITED], folder))
 
 
-def test_jupyter_notebook(folder: Path) -> None:
+def run_notebook(folder: Path, sources: list[str], env: dict[str, str], allow_errors: bool = False) -> str:
+    """Run `sources` as the cells of a notebook in `folder` on an ipykernel of this interpreter (a kernel spec
+    in a folder of its own, never the user's kernels); return the text of every output, tracebacks included."""
     import nbclient
     import nbformat
 
-    # A kernel spec for this interpreter, in a folder of its own (never the user's kernels).
     kernels = folder / "jupyter" / "kernels" / "llmling-test"
-    kernels.mkdir(parents=True)
+    kernels.mkdir(parents=True, exist_ok=True)
     spec = {
         "argv": [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "llmling test",
         "language": "python",
-        "env": _env(folder),
+        "env": env,
     }
     (kernels / "kernel.json").write_text(json.dumps(spec))
-    cells = [nbformat.v4.new_code_cell(textwrap.dedent(AWAITED)), nbformat.v4.new_code_cell("print('after')")]
-    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = str(folder / "jupyter")
     try:
         client = nbclient.NotebookClient(
-            notebook, kernel_name="llmling-test", timeout=120, resources={"metadata": {"path": str(folder)}}
+            notebook,
+            kernel_name="llmling-test",
+            timeout=120,
+            allow_errors=allow_errors,
+            resources={"metadata": {"path": str(folder)}},
         )
         client.execute()
     finally:
@@ -148,7 +152,15 @@ def test_jupyter_notebook(folder: Path) -> None:
             del os.environ["JUPYTER_PATH"]
         else:
             os.environ["JUPYTER_PATH"] = old
-    outputs = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts += [output.get("text", ""), output.get("evalue", ""), *output.get("traceback", [])]
+    return "\n".join(texts)
+
+
+def test_jupyter_notebook(folder: Path) -> None:
+    outputs = run_notebook(folder, [textwrap.dedent(AWAITED), "print('after')"], _env(folder))
     assert_ran_once(folder, outputs)
     assert "after" in outputs
 

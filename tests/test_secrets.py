@@ -26,6 +26,7 @@ from llmling.supervisor.environment import agent_environment, base_environment
 from llmling.testing import Reply, ScriptedLLM
 from tests._automation import free_port
 from tests.conftest import Systems
+from tests.test_entry_points import run_notebook
 
 SERVER_SOURCE = (Path(__file__).parent / "mcp_demo_server.py").read_text()
 
@@ -284,7 +285,7 @@ def run_failing(llm: ScriptedLLM, tmp_path: Path, model: str, **env: str) -> tup
 def test_a_failing_run_under_python_c_prints_no_locals_and_no_secret(llm: ScriptedLLM, tmp_path: Path) -> None:
     output, key = run_failing(llm, tmp_path, "lib-quiet")
     assert key not in output
-    assert "api_key" not in output, output  # no local variables in any traceback
+    assert "'api_key'" not in output, output  # no local variables (litellm's arguments) in any traceback
     last = output.strip().splitlines()[-1]
     assert last.startswith("llmling.errors.AgentRunError") and "Incorrect API key provided: ***" in last, output
     # The library logged nothing: the only traceback is the caller's own.
@@ -294,5 +295,57 @@ def test_a_failing_run_under_python_c_prints_no_locals_and_no_secret(llm: Script
 def test_library_logging_when_enabled_is_redacted(llm: ScriptedLLM, tmp_path: Path) -> None:
     output, key = run_failing(llm, tmp_path, "lib-loud", LLMLING_LOG_LEVEL="INFO")
     assert key not in output
-    assert "api_key" not in output, output
+    assert "'api_key'" not in output, output
     assert "[agent] run " in output and "failed" in output, output  # the agent's own log line, shown
+
+
+def test_a_failing_run_in_jupyter_shows_no_locals_and_no_secret(llm: ScriptedLLM, tmp_path: Path) -> None:
+    key = planted("jupyter")
+    llm.script(*[Reply(f"Incorrect API key provided: {key}", status=401)] * 4, model="lib-jupyter")
+    cell = textwrap.dedent(
+        f"""
+        from llmling import Agent
+
+        async with Agent(model="openai/lib-jupyter", api_base="{llm.url}", api_key_env="LLT_LIB_KEY") as agent:
+            await agent.run("hello")
+        """
+    )
+    env = {
+        **os.environ,
+        "LLT_LIB_KEY": key,
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    env.pop("LLMLING_LOG_LEVEL", None)
+    output = run_notebook(tmp_path, [cell], env, allow_errors=True)
+    assert "AgentRunError" in output and "Incorrect API key provided: ***" in output, output
+    assert key not in output
+    assert "'api_key'" not in output, output
+
+
+def test_sinks_mask_secrets_in_messages_and_tracebacks_without_locals() -> None:
+    import io
+
+    from loguru import logger
+
+    from llmling import logs
+
+    key = planted("sink")
+    logs.add_secrets([key, "short"])  # too short to mask: ordinary words stay readable
+    stream = io.StringIO()
+    sink = logs.add_sink(stream, "INFO")
+    try:
+
+        def call(api_key: str) -> None:
+            raise RuntimeError(f"rejected {api_key}")
+
+        try:
+            call(key)
+        except RuntimeError as exc:
+            logger.opt(exception=exc).warning("the key {} and a short word", key)
+    finally:
+        logger.remove(sink)
+    text = stream.getvalue()
+    assert key not in text
+    assert "the key *** and a short word" in text and "RuntimeError: rejected ***" in text, text
+    assert "'api_key'" not in text and "└" not in text, text  # no variables under the traceback's lines
