@@ -22,6 +22,7 @@ from llmling.agent_proc.death import die_with_parent, name_process
 from llmling.agent_proc.reply import error_frame
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
+from llmling.errors import ModelError
 from llmling.ipc.peer import Peer, connect
 
 Message = dict[str, Any]
@@ -92,7 +93,9 @@ class AgentProcess:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.log.opt(exception=exc).warning("run {} failed", message.get("id"))
+                # A model error is one readable line; anything else is a bug worth its traceback.
+                trace = None if isinstance(exc, ModelError) else exc
+                self.log.opt(exception=trace).warning("run {} failed: {}", message.get("id"), exc)
                 peer.reply(message, error_frame(exc))
                 continue
             peer.reply(
