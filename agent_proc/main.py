@@ -27,6 +27,7 @@ from llmling.agent_proc.run_context import current_run
 from llmling.agent_proc.runtime import AgentRuntime
 from llmling.agent_proc.spec import AgentSpec
 from llmling.context import RunContext
+from llmling.errors import ModelError
 from llmling.ipc.messages import (
     ComponentFrame,
     ComponentState,
@@ -167,7 +168,9 @@ class AgentProcess:
                 self.log.warning("run {} timed out after {:g} s", frame["id"], timeout)
                 error = {"t": "error", "error": f"run timed out after {timeout:g} s", "kind": "timeout"}
             else:
-                self.log.opt(exception=exc).warning("run {} failed", frame["id"])
+                # A model error is one readable line; anything else is a bug worth its traceback.
+                trace = None if isinstance(exc, ModelError) else exc
+                self.log.opt(exception=trace).warning("run {} failed: {}", frame["id"], exc)
                 error = error_frame(exc)
             peer.reply(frame, error)
             return

@@ -4,9 +4,9 @@
   the whole stream — with one `asyncio.timeout`; litellm's and the OpenAI SDK's own retries are off (they made a
   3 s timeout fail after ~11 s: three attempts of 3 s plus their backoff).
 - Retries: a 429 or 5xx answer is retried up to `model_settings.num_retries` times, after the provider's
-  `Retry-After` when it sent one, else after an exponential backoff with jitter (0.5 s, 1 s, 2 s, ... up to 8 s).
-  A retry that could not start before the deadline is not made. Nothing is retried once text was streamed
-  to the caller (it would be sent twice).
+  `Retry-After` when it sent one, else after an exponential backoff with jitter (0.25-0.5 s, 0.5-1 s, 1-2 s, ...
+  up to 8 s). A retry that could not start before the deadline is not made (the error says so). Nothing is
+  retried once text was streamed to the caller (it would be sent twice).
 - Every failure is a ModelError subclass (llmling/errors.py) naming the model, its api_base, the attempts made
   and the seconds spent; connection failures are not retried (ModelUnreachable at once).
 """
@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from loguru import logger
@@ -29,7 +29,6 @@ T = TypeVar("T")
 
 BACKOFF_BASE = 0.5  # seconds before the first retry (without Retry-After)
 BACKOFF_CAP = 8.0  # the longest wait between two attempts without Retry-After
-RETRY_AFTER_CAP = 60.0  # a longer Retry-After is not waited for: the call gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +75,11 @@ async def call_model(
                         raise
                     wait = _retry_wait(failure, attempts, limits, streamed())
                     elapsed = time.monotonic() - started
-                    if wait is None or time.monotonic() + wait >= deadline:
+                    if wait is None:
                         raise _error(failure, limits, attempts, elapsed) from exc
+                    if time.monotonic() + wait >= deadline:
+                        late = f"{failure.message} (a retry in {wait:.1f} s would pass the timeout)"
+                        raise _error(replace(failure, message=late), limits, attempts, elapsed) from exc
                     logger.warning(
                         "model {} answered {} ({}); retry {}/{} in {:.2f} s",
                         limits.model,
@@ -104,9 +106,7 @@ def _retry_wait(failure: Failure, attempts: int, limits: CallLimits, streamed: b
     """Seconds to wait before the next attempt, or None when this failure is final."""
     if not failure.retryable or streamed or attempts > limits.num_retries:
         return None
-    if failure.retry_after is not None:
-        return failure.retry_after if failure.retry_after <= RETRY_AFTER_CAP else None
-    return backoff(attempts)
+    return failure.retry_after if failure.retry_after is not None else backoff(attempts)
 
 
 def _error(failure: Failure, limits: CallLimits, attempts: int, elapsed: float) -> ModelError:

@@ -3,7 +3,8 @@
 Bounded by `max_rounds`: after that many rounds of tool calls the model is asked once more with
 `tool_choice: "none"`; if it still calls tools, the run fails with ToolRoundsExceeded (the agent keeps serving).
 Tools of one round run concurrently. A tool's failure goes back to the model as the `tool` message's content
-(`Error: ...`); it never fails the run.
+(`Error: ...`); it never fails the run. A model call that fails (a ModelError, after its own retries and within
+its own deadline: agent_proc/model_call.py) fails the run.
 
 Streaming: every round streams its text as it comes (`on_text`), tool calls are accumulated from the deltas.
 The reply's content is the final round's text.

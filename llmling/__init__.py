@@ -19,6 +19,14 @@ _EXPORTS = {
     "LLMlingError": "llmling.errors",
     "StartupError": "llmling.errors",
     "UnknownAgentError": "llmling.errors",
+    "MissingAPIKey": "llmling.errors",
+    "ModelAuthError": "llmling.errors",
+    "ModelBadRequest": "llmling.errors",
+    "ModelError": "llmling.errors",
+    "ModelRateLimited": "llmling.errors",
+    "ModelServerError": "llmling.errors",
+    "ModelTimeout": "llmling.errors",
+    "ModelUnreachable": "llmling.errors",
     "SystemConfig": "llmling.config",
     "AgentConfig": "llmling.config",
     "load_config": "llmling.config",
@@ -34,6 +42,14 @@ __all__ = [
     "ConfigError",
     "Connection",
     "LLMlingError",
+    "MissingAPIKey",
+    "ModelAuthError",
+    "ModelBadRequest",
+    "ModelError",
+    "ModelRateLimited",
+    "ModelServerError",
+    "ModelTimeout",
+    "ModelUnreachable",
     "RunContext",
     "StartupError",
     "SystemConfig",
@@ -47,7 +63,21 @@ if TYPE_CHECKING:
     from llmling.api import Agent, AgentPool, Connection
     from llmling.config import AgentConfig, SystemConfig, load_config
     from llmling.context import RunContext
-    from llmling.errors import AgentRunError, ConfigError, LLMlingError, StartupError, UnknownAgentError
+    from llmling.errors import (
+        AgentRunError,
+        ConfigError,
+        LLMlingError,
+        MissingAPIKey,
+        ModelAuthError,
+        ModelBadRequest,
+        ModelError,
+        ModelRateLimited,
+        ModelServerError,
+        ModelTimeout,
+        ModelUnreachable,
+        StartupError,
+        UnknownAgentError,
+    )
     from llmling.logs import enable_logging
     from llmling.messages import ChatMessage, Usage
 

@@ -4,6 +4,7 @@ plus `llmling validate` and `llmling schema`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -321,8 +322,11 @@ def test_json_schema_describes_the_config() -> None:
 
 
 # -- the commands --------------------------------------------------------------------------------------------
-def llmling(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*llmling_command(), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+def llmling(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [*llmling_command(), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
 
 
 def test_validate_accepts_a_valid_config(tmp_path: Path) -> None:
@@ -331,7 +335,7 @@ def test_validate_accepts_a_valid_config(tmp_path: Path) -> None:
     (tmp_path / "tools").mkdir()
     # validate imports it
     (tmp_path / "tools" / "printing.py").write_text("def show(prompt):\n    return prompt\n")
-    done = llmling("validate", str(path))
+    done = llmling("validate", str(path), env={**os.environ, "DEMO_KEY": "sk-demo"})  # validate checks keys
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{path}: ok (system 'demo', 3 agents)"
 

@@ -227,11 +227,13 @@ state_dir: state
 agents:
   together:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     knowledge:
       urls:
 {urls.replace("/doc/", "/doc/p-")}
   one_by_one:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     parallel_init: false
     knowledge:
       urls:
@@ -265,15 +267,18 @@ agents:
       paths: [present.txt]
   not_found:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     knowledge:
       urls: ["{docs}/nothing-here"]
   unreachable:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     knowledge:
       urls: ["http://127.0.0.1:{closed_port}/doc"]
       timeout: 2
   missing_file:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     knowledge:
       paths: [absent/*.md]
 """
@@ -336,9 +341,11 @@ state_dir: state
 agents:
   patient:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
     knowledge: {{urls: ["{docs.url}/doc/slow"], timeout: 0.3}}
   other:
     model: openai/unused
+    api_base: http://127.0.0.1:9/v1  # never called (and with an api_base no key is needed)
 """,
             )
         )

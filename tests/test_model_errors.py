@@ -107,6 +107,17 @@ async def test_429_every_time_gives_up_after_the_retries_and_says_how_many() -> 
     assert "after 3 attempts in" in str(cause)
 
 
+async def test_a_retry_after_beyond_the_timeout_gives_up_at_once() -> None:
+    async with ScriptedLLM() as llm:
+        llm.script(Reply("come back later", status=429, headers={"Retry-After": "30"}))
+        async with Agent(model=MODEL, api_base=llm.url, model_settings={"timeout": 5}) as agent:
+            error = await failure(agent)
+    cause = error.cause
+    assert isinstance(cause, ModelRateLimited) and cause.attempts == 1
+    assert "come back later (a retry in 30.0 s would pass the timeout)" in str(cause)
+    assert cause.elapsed < 5  # did not sit out the deadline
+
+
 async def test_5xx_is_retried_with_backoff_then_reported() -> None:
     async with ScriptedLLM() as llm:
         llm.script(Reply("overloaded", status=503), Reply("broken", status=500))

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from llmling.testing import Reply, ScriptedLLM, SystemProcess, ToolCall, tagged_processes
+from llmling.testing import HANG, Reply, ScriptedLLM, SystemProcess, ToolCall, tagged_processes
 
 USER = [{"role": "user", "content": "hello there"}]
 
@@ -132,6 +132,32 @@ async def test_an_error_status() -> None:
         status, reply = await post(session, llm, model="m", messages=USER)
     assert status == 429
     assert reply["error"]["message"] == "rate limited"
+
+
+async def test_error_headers_a_slow_stream_and_a_hang_released_by_close() -> None:
+    hang_arrived = asyncio.Event()
+
+    def reply(body: dict[str, Any]) -> Reply:
+        hang_arrived.set()
+        return Reply(delay=HANG)
+
+    llm = ScriptedLLM(default=reply)
+    await llm.start()
+    async with aiohttp.ClientSession() as session:
+        llm.script(Reply("slow down", status=429, headers={"Retry-After": "2"}))
+        async with session.post(f"{llm.url}/chat/completions", json={"model": "m", "messages": USER}) as response:
+            assert response.status == 429 and response.headers["Retry-After"] == "2"
+            assert (await response.json())["error"]["type"] == "rate_limit_error"
+        llm.script(Reply("a b c", chunk_delay=0.2))
+        status, events = await post(session, llm, model="m", messages=USER, stream=True)
+        assert status == 200
+        texts = [e["choices"][0]["delta"].get("content") for e in events[:-1] if e["choices"]]
+        assert "".join(text or "" for text in texts) == "a b c"
+        hanging = asyncio.ensure_future(post(session, llm, model="m", messages=USER))
+        await hang_arrived.wait()
+        await llm.close()  # does not wait for the held request: it ends it
+        status, answer = await hanging
+    assert status == 503 and "closing" in answer["error"]["message"]
 
 
 async def test_a_delayed_reply_keeps_the_server_serving_others() -> None:
