@@ -23,7 +23,7 @@ import collections
 import contextlib
 import fcntl
 import os
-import select
+import selectors
 import sys
 import termios
 import threading
@@ -134,24 +134,31 @@ class AgentOutput:
     def _read_pipes(self) -> None:
         """The reader thread: lines from both pipes until both reach EOF (close() gave fd 1 and 2 back)."""
         partial = dict.fromkeys(self._readers, b"")
-        while partial:
-            ready, _, _ = select.select(list(partial), [], [])
-            for fd in ready:
-                data = os.read(fd, READ_SIZE)
-                stream = self._readers[fd]
-                if not data:
-                    if partial[fd]:
-                        self.add(stream, STREAM_LEVELS[stream], partial.pop(fd).decode(errors="replace"))
-                    partial.pop(fd, None)
-                    os.close(fd)
-                    continue
-                *lines, rest = (partial[fd] + data).split(b"\n")
-                if len(rest) > MAX_LINE:
-                    lines.append(rest)
-                    rest = b""
-                partial[fd] = rest
-                for line in lines:
-                    self.add(stream, STREAM_LEVELS[stream], line.decode(errors="replace").rstrip("\r"))
+        with selectors.DefaultSelector() as selector:
+            for fd in self._readers:
+                selector.register(fd, selectors.EVENT_READ)
+            while partial:
+                for key, _ in selector.select():
+                    fd = int(key.fd)
+                    try:
+                        data = os.read(fd, READ_SIZE)
+                    except OSError:
+                        data = b""
+                    stream = self._readers[fd]
+                    if not data:  # EOF: flush the last partial line, stop watching this pipe
+                        rest = partial.pop(fd)
+                        if rest:
+                            self.add(stream, STREAM_LEVELS[stream], rest.decode(errors="replace"))
+                        selector.unregister(fd)
+                        os.close(fd)
+                        continue
+                    *lines, rest = (partial[fd] + data).split(b"\n")
+                    if len(rest) > MAX_LINE:
+                        lines.append(rest)
+                        rest = b""
+                    partial[fd] = rest
+                    for line in lines:
+                        self.add(stream, STREAM_LEVELS[stream], line.decode(errors="replace").rstrip("\r"))
 
     # -- the event loop -------------------------------------------------------------------------------------
     def _take(self) -> tuple[list[LogLine], int]:

@@ -1,6 +1,6 @@
 """The run history: every finished run (prompt, reply, token usage, cost) recorded in SQLite by the supervisor.
 
-One database per system, `<state_dir>/history.db` (default `$XDG_STATE_HOME/llmling/<name>/history.db`), written
+One database per system, `<state_dir>/history.db` (default `$XDG_STATE_HOME/llmling/<name>-<hash>/`), written
 only by the supervisor: agents never open it. `HistoryService` listens for `run_finished` events, queues the
 rows and writes them in batches (one transaction per batch) from its own task, so the router never waits for
 the disk. With WAL and `synchronous=NORMAL` a one-run transaction takes 0.04 ms (median; p99 < 3 ms when a WAL

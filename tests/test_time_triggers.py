@@ -293,3 +293,18 @@ def test_cron_default_zone_is_local_time_with_its_dst() -> None:
         "2026-10-25T02:30:00+02:00",
         "2026-10-26T02:30:00+01:00",
     ]
+
+
+async def test_cron_trigger_in_a_zone_runs_in_a_system(tmp_path: Path, sock_path: Path) -> None:
+    """The supervisor's time service schedules a zoned cron trigger (its task sleeps towards the next tick)."""
+    path = _pool_config(
+        tmp_path, "{type: time, name: new_year, cron: '0 0 1 1 *', timezone: Asia/Tokyo, prompt: go}"
+    )
+    assert load_config(path).agents["reporter"].triggers[0].timezone == "Asia/Tokyo"
+    async with AgentPool(load_config(path), socket=sock_path) as pool:
+        (service,) = pool.supervisor.triggers.services
+        for _ in range(3):  # let the task compute its first tick
+            await asyncio.sleep(0)
+        assert service.tasks and not any(task.done() for task in service.tasks)
+        (info,) = pool.supervisor.triggers.info()
+        assert info["name"] == "new_year" and info["fired"] == 0
