@@ -9,9 +9,7 @@ import asyncio
 import os
 import signal
 import subprocess
-import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,9 @@ import pytest
 
 from llmling import AgentPool
 from llmling.errors import AgentBusyError, AgentRunError
-from llmling.testing import SystemProcess, llmling_command
+from llmling.testing import llmling_command
+from tests._automation import wait_until
+from tests._slots import agent, cancel_all, pool_config, until
 from tests.conftest import Systems
 
 CALLBACKS = """
@@ -58,34 +58,6 @@ def pid(prompt):
 """
 
 
-def pool_config(tmp_path: Path, agents: str, **top: Any) -> Path:
-    (tmp_path / "adm.py").write_text(CALLBACKS)
-    head = "".join(f"{key}: {value}\n" for key, value in top.items())
-    path = tmp_path / "system.yml"
-    path.write_text(head + "agents:\n" + textwrap.indent(textwrap.dedent(agents), "  "))
-    return path
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
-
-
-def agent(system: SystemProcess, name: str) -> dict[str, Any]:
-    return next(item for item in system.status()["agents"] if item["name"] == name)
-
-
 # -- max_queue --------------------------------------------------------------------------------------------------
 def test_a_send_past_max_queue_fails_at_once_with_busy(systems: Systems) -> None:
     system = systems.start(
@@ -100,7 +72,7 @@ def test_a_send_past_max_queue_fails_at_once_with_busy(systems: Systems) -> None
     command = [*llmling_command(), "send", "slow", "wait", "--socket", str(system.socket)]
     senders = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     try:
-        wait_for(lambda: agent(system, "slow")["running"] == 1 and agent(system, "slow")["queued"] == 2)
+        wait_until(lambda: agent(system, "slow")["running"] == 1 and agent(system, "slow")["queued"] == 2)
         refused = system.cli("send", "slow", "one more", timeout=20)
         assert refused.returncode == 1
         assert refused.stdout == ""
@@ -115,7 +87,9 @@ def test_a_send_past_max_queue_fails_at_once_with_busy(systems: Systems) -> None
 
 
 async def test_the_python_api_raises_agent_busy_error(tmp_path: Path) -> None:
-    config = pool_config(tmp_path, "slow: {callback: 'adm:hold', max_queue: 1}\n", shutdown_timeout=0)
+    config = pool_config(
+        tmp_path, {"adm": CALLBACKS}, "slow: {callback: 'adm:hold', max_queue: 1}\n", shutdown_timeout=0
+    )
     async with AgentPool(config) as pool:
         slow = pool.get_agent("slow")
         slot = pool.supervisor.slots["slow"]
@@ -127,9 +101,7 @@ async def test_the_python_api_raises_agent_busy_error(tmp_path: Path) -> None:
         assert caught.value.kind == "busy"
         assert isinstance(caught.value, AgentRunError)
         assert slot.queued == 1  # the refused run was never queued
-        for run in runs:
-            run.cancel()
-        await asyncio.wait(runs)
+        await cancel_all(runs)
 
 
 async def test_triggers_and_background_ticks_count_a_full_queue_as_a_drop(tmp_path: Path) -> None:
@@ -137,6 +109,7 @@ async def test_triggers_and_background_ticks_count_a_full_queue_as_a_drop(tmp_pa
     watched.mkdir()
     config = pool_config(
         tmp_path,
+        {"adm": CALLBACKS},
         """
         slow:
           callback: adm:hold
@@ -171,14 +144,14 @@ async def test_triggers_and_background_ticks_count_a_full_queue_as_a_drop(tmp_pa
         assert supervisor.triggers.get("slow", "tick").fired == 0
         assert (slot.running, slot.queued) == (1, 1)  # nothing past max_queue was accepted
         await slow.stop()
-        for run in runs:
-            run.cancel()
-        await asyncio.wait(runs)
+        await cancel_all(runs)
 
 
 # -- concurrency ------------------------------------------------------------------------------------------------
 async def test_the_slot_sends_at_most_concurrency_runs_to_the_process(tmp_path: Path) -> None:
-    config = pool_config(tmp_path, "slow: {callback: 'adm:hold', concurrency: 2}\n", shutdown_timeout=0)
+    config = pool_config(
+        tmp_path, {"adm": CALLBACKS}, "slow: {callback: 'adm:hold', concurrency: 2}\n", shutdown_timeout=0
+    )
     async with AgentPool(config) as pool:
         slow = pool.get_agent("slow")
         slot = pool.supervisor.slots["slow"]
@@ -192,14 +165,14 @@ async def test_the_slot_sends_at_most_concurrency_runs_to_the_process(tmp_path: 
         runs = [asyncio.create_task(slow.run(f"run {n}")) for n in range(5)]
         await until(lambda: slot.running == 2 and slot.queued == 3)
         assert highest <= 2
-        for run in runs:
-            run.cancel()
-        await asyncio.wait(runs)
+        await cancel_all(runs)
 
 
 # -- run_timeout ------------------------------------------------------------------------------------------------
 async def test_a_hung_run_ends_with_a_timeout_error(tmp_path: Path) -> None:
-    config = pool_config(tmp_path, "hung: {callback: 'adm:hold', run_timeout: 0.5}\n", shutdown_timeout=0)
+    config = pool_config(
+        tmp_path, {"adm": CALLBACKS}, "hung: {callback: 'adm:hold', run_timeout: 0.5}\n", shutdown_timeout=0
+    )
     async with AgentPool(config) as pool:
         with pytest.raises(AgentRunError) as caught:
             await pool.get_agent("hung").run("anyone?")
@@ -221,7 +194,9 @@ def test_a_run_that_ignores_its_timeout_gets_its_process_replaced(systems: Syste
     done = system.cli("send", "stubborn", "never ends", timeout=40)
     assert done.returncode == 1
     assert "timed out after 0.5 s" in done.stderr
-    wait_for(lambda: agent(system, "stubborn")["state"] == "ready" and agent(system, "stubborn")["pid"] != before)
+    wait_until(
+        lambda: agent(system, "stubborn")["state"] == "ready" and agent(system, "stubborn")["pid"] != before
+    )
     assert agent(system, "stubborn")["restarts"] == 1
     assert "replacing process" in system.log_text()
     assert agent(system, "echo")["restarts"] == 0
@@ -233,6 +208,7 @@ async def test_an_agent_busy_with_a_backlog_is_not_killed_by_the_heartbeat(tmp_p
     # heartbeat timeout, while their replies keep coming.
     config = pool_config(
         tmp_path,
+        {"adm": CALLBACKS},
         "busy: {callback: 'adm:blocking', concurrency: 8}\n",
         heartbeat_interval=0.1,
         heartbeat_timeout=0.5,
@@ -247,7 +223,13 @@ async def test_an_agent_busy_with_a_backlog_is_not_killed_by_the_heartbeat(tmp_p
 
 
 async def test_a_late_supervisor_loop_does_not_kill_its_agents(tmp_path: Path) -> None:
-    config = pool_config(tmp_path, "idle: {callback: 'adm:pid'}\n", heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    config = pool_config(
+        tmp_path,
+        {"adm": CALLBACKS},
+        "idle: {callback: 'adm:pid'}\n",
+        heartbeat_interval=0.1,
+        heartbeat_timeout=0.5,
+    )
     async with AgentPool(config) as pool:
         slot = pool.supervisor.slots["idle"]
         before = slot.pid
@@ -278,7 +260,7 @@ def test_sigkill_of_a_queued_agent_keeps_its_queue(systems: Systems) -> None:
 async def test_concurrent_runs_overlap_inside_the_agent(tmp_path: Path) -> None:
     """`concurrency: 4`: four 1 s runs sent together overlap in the agent process (needs the agent process's
     concurrent serving), seen from the times the callback recorded."""
-    config = pool_config(tmp_path, "worker: {callback: 'adm:timed', concurrency: 4}\n")
+    config = pool_config(tmp_path, {"adm": CALLBACKS}, "worker: {callback: 'adm:timed', concurrency: 4}\n")
     async with AgentPool(config) as pool:
         worker = pool.get_agent("worker")
         replies = await asyncio.gather(*(worker.run(f"run {n}") for n in range(4)))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from llmling.testing import SystemProcess
 from tests._automation import free_port
+from tests._slots import agent
 from tests.conftest import Systems
 
 DELIVERIES = 20_000
@@ -46,10 +46,6 @@ async def flood(url: str, count: int, connections: int) -> tuple[collections.Cou
 
         await asyncio.gather(*(worker() for _ in range(connections)))
     return statuses, retry_after
-
-
-def agent(system: SystemProcess, name: str) -> dict[str, object]:
-    return next(item for item in system.status()["agents"] if item["name"] == name)
 
 
 async def test_a_webhook_flood_is_refused_past_max_queue_with_bounded_memory(systems: Systems) -> None:

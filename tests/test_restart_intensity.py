@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,8 @@ import pytest
 from llmling import AgentPool
 from llmling.errors import AgentRunError
 from llmling.supervisor.intensity import BACKOFF_BASE, BACKOFF_CAP, RestartIntensity
-from llmling.testing import SystemProcess
+from tests._automation import wait_until
+from tests._slots import agent, pool_config, until
 from tests.conftest import Systems
 
 CALLBACKS = """
@@ -82,18 +80,6 @@ def test_jitter_spreads_restarts() -> None:
 
 
 # -- real processes ---------------------------------------------------------------------------------------------
-def agent(system: SystemProcess, name: str) -> dict[str, Any]:
-    return next(item for item in system.status()["agents"] if item["name"] == name)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
-
-
 CONFIG = """
 shutdown_timeout: 1
 agents:
@@ -110,10 +96,10 @@ def test_an_agent_killed_too_often_is_failed_until_llmling_restart(systems: Syst
         killed = agent(system, "victim")["pid"]
         os.kill(killed, signal.SIGKILL)
         if crash < 3:
-            wait_for(
+            wait_until(
                 lambda killed=killed: (now := agent(system, "victim"))["state"] == "ready" and now["pid"] != killed
             )
-    wait_for(lambda: agent(system, "victim")["gave_up"])
+    wait_until(lambda: agent(system, "victim")["gave_up"])
     failed = agent(system, "victim")
     assert failed["state"] == "failed"
     assert failed["restarts"] == 2
@@ -131,7 +117,7 @@ def test_an_agent_killed_too_often_is_failed_until_llmling_restart(systems: Syst
     assert system.cli("send", "victim", "?").stdout.strip() == str(back["pid"])
     # The count starts again: one more crash is restarted, not failed.
     os.kill(back["pid"], signal.SIGKILL)
-    wait_for(lambda: (now := agent(system, "victim"))["state"] == "ready" and now["pid"] != back["pid"])
+    wait_until(lambda: (now := agent(system, "victim"))["state"] == "ready" and now["pid"] != back["pid"])
     assert not agent(system, "victim")["gave_up"]
 
 
@@ -156,23 +142,13 @@ def test_an_agent_whose_callback_cannot_be_imported_is_not_retried_forever(syste
     assert "unknown agent 'nobody'" in unknown.stderr
 
 
-def pool_config(tmp_path: Path, agents: str) -> Path:
-    (tmp_path / "rst.py").write_text(CALLBACKS)
-    path = tmp_path / "system.yml"
-    path.write_text("shutdown_timeout: 5\nagents:\n" + textwrap.indent(textwrap.dedent(agents), "  "))
-    return path
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
-
-
 async def test_the_first_restart_after_a_crash_is_immediate(tmp_path: Path) -> None:
-    config = pool_config(tmp_path, "victim: {callback: 'rst:pid', restart: {max_restarts: 1, period: 60}}\n")
+    config = pool_config(
+        tmp_path,
+        {"rst": CALLBACKS},
+        "victim: {callback: 'rst:pid', restart: {max_restarts: 1, period: 60}}\n",
+        shutdown_timeout=5,
+    )
     events: list[dict[str, Any]] = []
     async with AgentPool(config) as pool:
         pool.supervisor.add_listener(events.append)
@@ -197,7 +173,7 @@ async def test_the_first_restart_after_a_crash_is_immediate(tmp_path: Path) -> N
 async def test_a_restart_lets_runs_in_flight_finish_and_queued_runs_go_to_the_fresh_process(
     tmp_path: Path,
 ) -> None:
-    config = pool_config(tmp_path, "worker: {callback: 'rst:slow_pid'}\n")
+    config = pool_config(tmp_path, {"rst": CALLBACKS}, "worker: {callback: 'rst:slow_pid'}\n", shutdown_timeout=5)
     async with AgentPool(config) as pool:
         slot = pool.supervisor.slots["worker"]
         worker = pool.get_agent("worker")
