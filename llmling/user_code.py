@@ -8,8 +8,9 @@ code takes.
 A thread cannot be interrupted. With `settle=True` (agent runs), cancelling the call (a run timeout) waits
 for the thread to end before the cancellation goes on, so a run counts as stopped only when its code has
 stopped; a thread that never ends keeps its run from being answered, and the supervisor replaces the process
-after its grace period. A call still queued for a thread (all busy) is given up at once and never runs. Without it (the supervisor's conditions), a cancelled call returns at once and the
-thread's result is dropped.
+after its grace period. A call still queued for a thread (all busy) is given up at once and never runs.
+Without it (the supervisor's conditions), a cancelled call returns at once and the thread's result is
+dropped.
 """
 
 from __future__ import annotations

@@ -138,6 +138,7 @@ def test_validate_resolves_import_paths(tmp_path: Path) -> None:
                 stop_condition: hooks:ok
           b:
             model: openai/x
+            api_base: http://127.0.0.1:9/v1
             tools: [hooks:ok, hooks:missing_tool]
         """,
     )
@@ -145,10 +146,10 @@ def test_validate_resolves_import_paths(tmp_path: Path) -> None:
     path = tmp_path / "agents.yml"
     assert done.stderr.splitlines() == [
         f"error: {path}:4: agents.a.callback: hooks:nosuch: module 'hooks' has no attribute 'nosuch'",
-        f"{path}:7: agents.a.connections.0.transform: hooks:NOT_CALLABLE is not callable",
-        f"{path}:8: agents.a.connections.0.filter: module 'nomod' not found (looked in the config's folder and "
-        "sys.path)",
-        f"{path}:12: agents.b.tools.1: hooks:missing_tool: module 'hooks' has no attribute 'missing_tool'",
+        f"error: {path}:7: agents.a.connections.0.transform: hooks:NOT_CALLABLE is not callable",
+        f"error: {path}:8: agents.a.connections.0.filter: module 'nomod' not found (looked in the config's folder "
+        "and sys.path)",
+        f"error: {path}:13: agents.b.tools.1: hooks:missing_tool: module 'hooks' has no attribute 'missing_tool'",
     ]
     assert "the hooks module ran" not in done.stdout  # the user's module ran in the checking child only
 

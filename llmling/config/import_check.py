@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from llmling.config.loader import Loc, _dotted, _Located
+from llmling.config.safe_yaml import compose
 from llmling.config.schema import SystemConfig
 from llmling.importing import RESULT_PREFIX
 
@@ -70,8 +69,9 @@ def check_import_paths(config: SystemConfig, file: str) -> list[str]:
     if not found:
         return []
     problems = resolve_in_child(sorted({path for _, path in found}), config.base_dir)
-    text = Path(file).read_text()
-    where = _Located(yaml.compose(text, Loader=yaml.SafeLoader))
+    # Read as the loader did (it already accepted this file): bounded, duplicate keys refused.
+    root, _ = compose(Path(file).read_text())
+    where = _Located(root, file)
     return [
         f"{file}:{where.line(loc)}: {_dotted(loc)}: {problems[path]}" for loc, path in found if problems.get(path)
     ]

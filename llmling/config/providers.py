@@ -111,15 +111,17 @@ def key_variable(model: str, api_key_env: str | None = None) -> str | None:
     """The environment variable that holds this model's key: `api_key_env`, else the provider's, else None."""
     if api_key_env:
         return api_key_env
-    names = provider_env(model)
-    return names[0] if names else None
+    name = provider(model)
+    if name not in KEY_CHECKED:
+        return None  # it authenticates in a way of its own (AWS, Google credentials, none)
+    return PROVIDER_ENV[name][0]
 
 
 def required_key(model: str, api_base: str | None = None, api_key_env: str | None = None) -> str | None:
     """The variable that must be set for this model to start (rules above), None when none must be."""
     if api_key_env:
         return api_key_env
-    if model.startswith(LOCAL_PREFIX) or api_base or provider(model) not in KEY_CHECKED:
+    if model.startswith(LOCAL_PREFIX) or api_base:
         return None
     return key_variable(model)
 
