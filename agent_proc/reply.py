@@ -29,5 +29,7 @@ def error_frame(exc: BaseException) -> dict[str, Any]:
     # Redacted: the text reaches the caller, history and logs; no secret value may ride along.
     frame: dict[str, Any] = {"t": "error", "error": redact(f"{type(exc).__name__}: {exc}"), "kind": "error"}
     if isinstance(exc, ModelError):
-        frame["cause"] = exc.to_cause()
+        cause = exc.to_cause()
+        cause["message"] = redact(cause["message"])  # a provider may echo the key it refused
+        frame["cause"] = cause
     return frame
