@@ -10,11 +10,14 @@ from typing import Any
 import click
 
 from llmling.cli.automation import background, trigger
+from llmling.cli.delivery import dead_letters, retry
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
 from llmling.cli.watch import watch
 
 Message = dict[str, Any]
+# `send --wait`: the exit status when the run succeeded and a run of its downstream tree failed.
+DOWNSTREAM_FAILED = 3
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,9 +43,13 @@ def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
 @click.argument("text")
 @with_system
 @click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
-@click.option("--wait", is_flag=True, help="also wait for the downstream runs and print them")
+@click.option(
+    "--wait", is_flag=True, help="also wait for the downstream runs and print them (exit 3 if one failed)"
+)
 def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: bool, wait: bool) -> None:
-    """Send TEXT (or - for stdin) to AGENT and print the reply."""
+    """Send TEXT (or - for stdin) to AGENT and print the reply.
+
+    Exit status: 0 done, 1 the run failed (or was not accepted), 3 with --wait: a downstream run failed."""
     if text == "-":
         text = sys.stdin.read()
     stream = not as_json
@@ -52,7 +59,7 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
     try:
         with connect(name, socket_) as client:
             for reply in client.stream(request):
-                if reply.get("t") == "chunk":
+                if reply.get("t") == "chunk" and "text" in reply:
                     streamed = True
                     click.echo(reply.get("text", ""), nl=False)
     except ConnectionError as exc:
@@ -66,11 +73,13 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
                 for item in reply.get("downstream", [])
             ]
         click.echo(json.dumps(out, ensure_ascii=False))
-        return
-    click.echo("" if streamed else reply.get("content", ""))
-    for item in reply.get("downstream", []):
-        text = item.get("content") if "error" not in item else f"error: {item['error']}"
-        click.echo(f"[{item.get('agent')}] {text}")
+    else:
+        click.echo("" if streamed else reply.get("content", ""))
+        for item in reply.get("downstream", []):
+            text = item.get("content") if "error" not in item else f"error: {item['error']}"
+            click.echo(f"[{item.get('agent')}] {text}")
+    if any("error" in item for item in reply.get("downstream", [])):
+        sys.exit(DOWNSTREAM_FAILED)
 
 
 @main.command()
@@ -166,7 +175,7 @@ def schema() -> None:
 
 
 # Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit):
+for _command in (watch, trigger, background, systemd_unit, dead_letters, retry):
     main.add_command(_command)
 
 

@@ -20,12 +20,24 @@ class StartupInterrupted(StartupError):
 
 
 class AgentRunError(LLMlingError):
-    """An agent's run failed: its code raised, its model call failed or its process died mid-run."""
+    """An agent's run failed: its code raised, its model call failed or its process died mid-run.
 
-    def __init__(self, agent: str, cause: str) -> None:
+    `kind`: "error" (the agent's code failed), "crash" (its process died during the run), "timeout"
+    (run_timeout), "unavailable" (agent failed/stopped/removed), "busy" (queue full).
+    """
+
+    def __init__(self, agent: str, cause: str, kind: str = "error") -> None:
         super().__init__(f"agent {agent!r} failed: {cause}")
         self.agent = agent
         self.cause = cause
+        self.kind = kind
+
+
+class AgentBusyError(AgentRunError):
+    """The agent's queue is full: the run was not accepted."""
+
+    def __init__(self, agent: str, cause: str, kind: str = "busy") -> None:
+        super().__init__(agent, cause, kind)
 
 
 class UnknownAgentError(LLMlingError):

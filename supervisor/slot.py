@@ -200,13 +200,16 @@ class AgentSlot:
                 return
 
     # -- runs -----------------------------------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """Raise AgentBusyError when the agent's queue is full (the bound is per-agent `max_queue`)."""
+
     async def submit(self, message: Message, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> Message:
         """Send a run to the agent process and return its final reply. Raises AgentRunError."""
         if not self._ready.is_set():
             if self._stopping:
-                raise AgentRunError(self.name, "agent is stopped")
+                raise AgentRunError(self.name, "agent is stopped", kind="unavailable")
             if self.state == "failed":
-                raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
+                raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
             ready = asyncio.ensure_future(self._ready.wait())
             failed = asyncio.ensure_future(self._start_failed.wait())
             try:
@@ -218,18 +221,18 @@ class AgentSlot:
                 failed.cancel()
             if not self._ready.is_set():
                 if self._start_failed.is_set():
-                    raise AgentRunError(self.name, f"agent failed to start: {self.last_error}")
+                    raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
                 if ready in done:  # it was READY, and its process died before the run was sent
-                    raise AgentRunError(self.name, "agent process died before the run")
-                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s")
+                    raise AgentRunError(self.name, "agent process died before the run", kind="crash")
+                raise AgentRunError(self.name, f"agent not ready after {wait_ready} s", kind="unavailable")
         peer = self.peer
         assert peer is not None
         try:
             reply = await peer.start_request(message, on_chunk)
         except (PeerClosed, ConnectionError):
-            raise AgentRunError(self.name, "agent process died during the run") from None
+            raise AgentRunError(self.name, "agent process died during the run", kind="crash") from None
         if reply.get("t") == "error":
-            raise AgentRunError(self.name, str(reply.get("error")))
+            raise AgentRunError(self.name, str(reply.get("error")), kind=str(reply.get("kind") or "error"))
         return reply
 
     # -- stopping -------------------------------------------------------------------------------------------

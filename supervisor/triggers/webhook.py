@@ -170,6 +170,9 @@ class _Server:
             return _error(503, "the system is shutting down")
         firing = self.host.fire(trigger, prompt, path=request.path, bytes=len(body))
         ids = {"id": firing.id, "trace_id": firing.trace_id, "agent": trigger.agent, "trigger": trigger.name}
+        # Acknowledged only once journaled: a 202 is a promise that the delivery reaches an outcome.
+        if (refused := await asyncio.shield(firing.accepted)) is not None:
+            return _error(503, refused, **ids)
         if request.query.get("wait", "").lower() not in _TRUE:
             return web.json_response(ids, status=202)
         # The run is the supervisor's, not this request's: a client that goes away does not cancel it.
