@@ -205,6 +205,8 @@ class AgentSlot:
 
     async def submit(self, message: Message, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> Message:
         """Send a run to the agent process and return its final reply. Raises AgentRunError."""
+        if self.peer is not None and not self.peer.is_open:
+            self._ready.clear()  # its process is gone: wait for the replacement's READY, not a closed peer
         if not self._ready.is_set():
             if self._stopping:
                 raise AgentRunError(self.name, "agent is stopped", kind="unavailable")
