@@ -42,7 +42,7 @@ def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
 @click.argument("agent")
 @click.argument("text")
 @with_system
-@click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
+@click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id","attempt"}')
 @click.option(
     "--wait", is_flag=True, help="also wait for the downstream runs and print them (exit 3 if one failed)"
 )
@@ -66,10 +66,14 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
         raise click.ClickException(f"lost the system: {exc}") from None
     fail_on_error(reply)
     if as_json:
-        out = {key: reply.get(key) for key in ("agent", "content", "id", "trace_id")}
+        out = {key: reply.get(key) for key in ("agent", "content", "id", "trace_id", "attempt")}
         if wait:
             out["downstream"] = [
-                {key: item.get(key) for key in ("agent", "content", "id", "parent_id", "error") if key in item}
+                {
+                    key: item.get(key)
+                    for key in ("agent", "content", "id", "parent_id", "attempt", "error")
+                    if key in item
+                }
                 for item in reply.get("downstream", [])
             ]
         click.echo(json.dumps(out, ensure_ascii=False))

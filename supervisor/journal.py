@@ -10,6 +10,11 @@ always agree. Its life, one named state at a time (Oban's shape):
                   ▼  │ (after backoff, same id, attempt + 1)
                 retry ──▶ dead   (attempts exhausted, a failure not retried, or the agent cannot take it)
 
+`done` is written by deleting the unit's row in the transaction that inserts its history row: a unit is in
+exactly one of the two tables, never both, never neither (the history row is the record of a done unit, and
+the journal stays as small as the work in flight). `running` is written for redeliveries (attempt >= 2) only,
+to keep their attempt count; a first attempt in flight reads `queued` on disk, and both are resumed alike.
+
 The table lives in the system's `history.db` (WAL). One writer task owns the one writing connection; its
 SQLite calls run on one worker thread, so the event loop never waits for the disk. Writes are group-committed:
 every change made while the previous transaction was on the disk goes into the next one, and the callers that
@@ -53,23 +58,21 @@ CREATE TABLE IF NOT EXISTS units (
     hops INTEGER NOT NULL,
     source TEXT NOT NULL,           -- send | api | webhook | file | time | background | forward
     attempt INTEGER NOT NULL,       -- deliveries started so far (0: never started)
-    state TEXT NOT NULL,            -- queued | running | retry | done | dead
+    state TEXT NOT NULL,            -- queued | running | retry | dead (done: the row is deleted)
     accepted_at REAL NOT NULL,      -- Unix time the unit was written
     next_at REAL,                   -- retry: Unix time its next attempt is due
-    finished_at REAL,               -- done/dead: Unix time
+    finished_at REAL,               -- dead: Unix time
     last_error TEXT                 -- the last attempt's error; for `dead`, the reason
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS units_open ON units (state, accepted_at) WHERE state != 'done';
 """
+# No secondary index: the table holds only the units in flight and the dead letters, and every write of the
+# hot path (insert, delete on done) would pay for one.
 _INSERT = (
     "INSERT OR REPLACE INTO units (id, trace_id, parent_id, agent, prompt, hops, source, attempt, state, "
     "accepted_at, next_at, finished_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = "UPDATE units SET attempt = ?, state = ?, next_at = ?, finished_at = ?, last_error = ? WHERE id = ?"
-# `done` rows are only a mark (the run's record is its history row): pruned after this many seconds.
-DONE_KEPT_S = 60.0
-# Prune done rows once this many units were marked done since the last prune.
-PRUNE_EVERY = 20_000
+_DELETE = "DELETE FROM units WHERE id = ?"
 # At most this many dead letters in one listing.
 MAX_LISTED = 1000
 
@@ -139,16 +142,17 @@ class _Batch:
     """The changes of one transaction, in the order they were made; inserts go first (a change of a unit
     inserted in the same batch must find it)."""
 
-    __slots__ = ("changes", "history", "inserts", "waiters")
+    __slots__ = ("changes", "done", "history", "inserts", "waiters")
 
     def __init__(self) -> None:
         self.inserts: list[tuple[Any, ...]] = []
         self.changes: list[tuple[Any, ...]] = []
+        self.done: list[tuple[str]] = []
         self.history: list[tuple[Any, ...]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.inserts or self.changes or self.history or self.waiters)
+        return bool(self.inserts or self.changes or self.done or self.history or self.waiters)
 
 
 class Journal:
@@ -172,8 +176,8 @@ class Journal:
         self._batch = _Batch()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._done_since_prune = 0
         self._closing = False
+        self._insert_run = ""
         self.broken: str | None = None
 
     # -- life -----------------------------------------------------------------------------------------------
@@ -194,10 +198,12 @@ class Journal:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'sync' else 'NORMAL'}")
+            # Imported here: the history module imports the control requests, which import the router.
+            from llmling.supervisor.history import COLUMNS
             from llmling.supervisor.history import SCHEMA as HISTORY_SCHEMA
 
             db.executescript(HISTORY_SCHEMA + SCHEMA)
-            db.execute("DELETE FROM units WHERE state = 'done'")
+            self._insert_run = f"INSERT INTO runs ({COLUMNS}) VALUES ({', '.join('?' * 14)})"
             self._db = db
         except StartupError:
             raise
@@ -242,10 +248,10 @@ class Journal:
         self._batch.inserts.append(unit.row())
         return self._waiter()
 
-    def update(self, unit: Unit) -> asyncio.Future[None]:
-        """Write the unit's attempt/state/next_at/finished_at/last_error."""
+    def update(self, unit: Unit) -> None:
+        """Write the unit's attempt/state/next_at/finished_at/last_error (`flush()` waits for it)."""
         self._batch.changes.append(unit.change())
-        return self._waiter()
+        self._wake.set()
 
     def done(self, unit: Unit, finished: Message, forwarded: Iterable[Unit] = ()) -> asyncio.Future[None]:
         """Mark `unit` done, insert its history row (from its `run_finished` event) and journal the runs its
@@ -254,7 +260,7 @@ class Journal:
         unit.finished_at = time.time()
         batch = self._batch
         batch.inserts.extend(child.row() for child in forwarded)
-        batch.changes.append(unit.change())
+        batch.done.append((unit.id,))
         if self.history_row is not None:
             batch.history.append(self.history_row(finished))
         return self._waiter()
@@ -308,17 +314,11 @@ class Journal:
                 db.executemany(_INSERT, batch.inserts)
             if batch.changes:
                 db.executemany(_UPDATE, batch.changes)
+            if batch.done:
+                db.executemany(_DELETE, batch.done)
             if batch.history:
-                from llmling.supervisor.history import COLUMNS
-
                 rows = [(*row[:-1], json.dumps(row[-1], default=str)) for row in batch.history]
-                db.executemany(f"INSERT INTO runs ({COLUMNS}) VALUES ({', '.join('?' * 14)})", rows)
-            self._done_since_prune += len(batch.history)
-            if self._done_since_prune >= PRUNE_EVERY:
-                self._done_since_prune = 0
-                db.execute(
-                    "DELETE FROM units WHERE state = 'done' AND finished_at < ?", (time.time() - DONE_KEPT_S,)
-                )
+                db.executemany(self._insert_run, rows)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -346,18 +346,13 @@ class Journal:
     async def open_units(self) -> list[Unit]:
         """The units without an outcome (queued, running, retry), oldest first: what a start resumes."""
         return await self._read(
-            lambda db: [
-                _unit(row)
-                for row in db.execute(_SELECT + " WHERE state != 'done' AND state != 'dead' ORDER BY accepted_at")
-            ]
+            lambda db: [_unit(row) for row in db.execute(f"{_SELECT} WHERE state != 'dead' ORDER BY accepted_at")]
         )
 
     async def count_open(self) -> int:
         return int(
             await self._read(
-                lambda db: db.execute(
-                    "SELECT COUNT(*) FROM units WHERE state != 'done' AND state != 'dead'"
-                ).fetchone()[0]
+                lambda db: db.execute("SELECT COUNT(*) FROM units WHERE state != 'dead'").fetchone()[0]
             )
         )
 

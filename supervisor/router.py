@@ -214,8 +214,8 @@ class Router:
         while True:
             unit.attempt += 1
             unit.state = "running"
-            if self._journal is not None:
-                self._journal.update(unit)  # joins the next transaction; nothing waits for it
+            if self._journal is not None and unit.attempt > 1:
+                self._journal.update(unit)  # a redelivery keeps its count; nothing waits for it
             message = {
                 "t": "run",
                 "id": unit.id,
@@ -310,8 +310,9 @@ class Router:
         unit.state, unit.finished_at, unit.next_at = "dead", time.time(), None
         unit.last_error = f"{exc.kind}: {exc.cause}"
         if self._journal is not None:
+            self._journal.update(unit)
             try:
-                await self._journal.update(unit)
+                await self._journal.flush()
             except JournalError as error:
                 logger.bind(agent=unit.agent).error("dead letter {} not recorded: {}", unit.id, error)
         self._on_event(

@@ -254,6 +254,11 @@ class SystemConfig(Strict):
     def _name(cls, value: str) -> str:
         return check_name(value)
 
+    @field_validator("durability", mode="before")
+    @classmethod
+    def _durability_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     @field_validator("agents")
     @classmethod
     def _agent_names(cls, value: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
