@@ -176,6 +176,8 @@ class Router:
             if slot is None:
                 await self._dead(unit, trace, AgentRunError(unit.agent, "agent was removed", kind="unavailable"))
                 return
+            if unit.state == "retry" and unit.next_at is not None:
+                await asyncio.sleep(min(max(unit.next_at - time.time(), 0.0), BACKOFF_MAX))  # its backoff
             await self._deliver(slot, unit, trace, None)
         except asyncio.CancelledError:
             raise
