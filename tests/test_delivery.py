@@ -28,6 +28,7 @@ from tests.conftest import Systems
 WORK = """
 import asyncio
 import os
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -187,7 +188,7 @@ def test_forwarded_run_is_redelivered_when_its_agent_is_killed(systems: Systems)
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30, what="b's first attempt")
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
     out, err = sender.communicate(timeout=60)
-    assert sender.returncode == 0, err
+    assert sender.returncode == 0, f"{out}\n{err}\n{system.log_text()}"
     reply = json.loads(out)
     assert reply["content"] == "echo: hi"
     [downstream] = reply["downstream"]
