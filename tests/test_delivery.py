@@ -376,3 +376,25 @@ def test_two_systems_cannot_share_a_journal(systems: Systems, tmp_path: Path) ->
     assert second.run() == 1
     assert "another running system uses it" in second.log_text()
     assert first.cli("send", "one", "still here").stdout.strip() == "echo: still here"
+
+
+def test_a_run_whose_client_is_gone_still_lands_in_history(systems: Systems) -> None:
+    system = systems.start(
+        """
+        agents:
+          slow:
+            callback: cb:slow
+        """,
+        env={"SLOW_SECONDS": "1"},
+    )
+    client = subprocess.Popen(
+        [*llmling_command(), "send", "slow", "orphan", "--socket", str(system.socket)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=system.env,
+    )
+    wait_until(lambda: system.status()["pending_runs"] >= 1, what="the run in flight")
+    client.kill()
+    client.wait(10)
+    wait_until(lambda: query(system, "SELECT prompt, content FROM runs"), what="the run in history")
+    assert query(system, "SELECT prompt, content FROM runs") == [("orphan", "late")]
