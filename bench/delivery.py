@@ -156,6 +156,7 @@ def main() -> None:
         "--modes", nargs="+", default=["off", "batch", "sync"], choices=["off", "batch", "sync", "none"]
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()
     ws = Workspace()
     rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     try:
@@ -173,7 +174,8 @@ def main() -> None:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "loadavg_before": os.getloadavg(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
             "messages": args.messages,
             "clients": args.clients,
             "chain": "a >> b >> c (callback agents), send with wait: 3 runs and 2 hops per message",

@@ -398,3 +398,27 @@ def test_a_run_whose_client_is_gone_still_lands_in_history(systems: Systems) -> 
     client.wait(10)
     wait_until(lambda: query(system, "SELECT prompt, content FROM runs"), what="the run in history")
     assert query(system, "SELECT prompt, content FROM runs") == [("orphan", "late")]
+
+
+def test_a_run_for_an_agent_that_cannot_take_it_is_a_dead_letter(systems: Systems) -> None:
+    def settled(status: dict[str, Any]) -> bool:
+        states = {agent["name"]: agent["state"] for agent in status["agents"]}
+        return states == {"a": "ready", "broken": "failed"}
+
+    system = systems.start(
+        """
+        agents:
+          a:
+            callback: cb:echo
+            connections: [broken]
+          broken:
+            callback: cb:no_such_function
+        """,
+        until=settled,
+    )
+    sent = system.cli("send", "a", "x", "--wait", "--json")
+    assert sent.returncode == 3, sent.stderr
+    [downstream] = json.loads(sent.stdout)["downstream"]
+    [letter] = json.loads(system.cli("dead-letters", "broken", "--json").stdout)
+    assert letter["id"] == downstream["id"] and letter["source"] == "forward" and letter["prompt"] == "echo: x"
+    assert letter["reason"].startswith("unavailable: agent failed to start")
