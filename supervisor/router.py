@@ -174,7 +174,7 @@ class Router:
         try:
             slot = self._slots.get(unit.agent)
             if slot is None:
-                await self._dead(unit, trace, AgentRunError(unit.agent, "agent was removed", kind="unavailable"))
+                await self._dead(unit, AgentRunError(unit.agent, "agent was removed", kind="unavailable"))
                 return
             if unit.state == "retry" and unit.next_at is not None:
                 await asyncio.sleep(min(max(unit.next_at - time.time(), 0.0), BACKOFF_MAX))  # its backoff
@@ -277,7 +277,7 @@ class Router:
                     )
                     await asyncio.sleep(delay)
                     continue
-                await self._dead(unit, trace, exc)
+                await self._dead(unit, exc)
                 raise
             result = {
                 "agent": slot.name,
@@ -307,7 +307,7 @@ class Router:
                 await committed
             return result
 
-    async def _dead(self, unit: Unit, trace: Trace, exc: AgentRunError) -> None:
+    async def _dead(self, unit: Unit, exc: AgentRunError) -> None:
         """Record the unit as a dead letter with its reason; emit `run_failed` and `dead_letter`."""
         unit.state, unit.finished_at, unit.next_at = "dead", time.time(), None
         unit.last_error = f"{exc.kind}: {exc.cause}"

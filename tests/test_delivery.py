@@ -265,6 +265,9 @@ def test_exhausted_attempts_are_a_dead_letter_and_send_wait_exits_3(systems: Sys
         env=system.env,
     )
     try:
+        assert events.stdout is not None
+        # Attached before the run starts: its first event is `subscribed`.
+        assert json.loads(events.stdout.readline())["event"] == "subscribed"
         sent = system.cli("send", "a", "x", "--wait", "--json")
         assert sent.returncode == 3, sent.stderr
         [downstream] = json.loads(sent.stdout)["downstream"]
@@ -273,7 +276,6 @@ def test_exhausted_attempts_are_a_dead_letter_and_send_wait_exits_3(systems: Sys
         assert letter["id"] == downstream["id"] and letter["attempts"] == 2 and letter["source"] == "forward"
         assert letter["reason"] == "crash: agent process died during the run"
         # `watch` shows the redelivery and the dead letter.
-        assert events.stdout is not None
         seen: list[dict[str, Any]] = []
         while not any(event.get("event") == "dead_letter" for event in seen):
             line = events.stdout.readline()
