@@ -11,6 +11,7 @@ import click
 
 from llmling.cli.automation import background, trigger
 from llmling.cli.complete import agent_names
+from llmling.cli.delivery import dead_letters, retry
 from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
@@ -18,6 +19,8 @@ from llmling.cli.watch import watch
 from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 
 Message = dict[str, Any]
+# `send --wait`: the exit status when the run succeeded and a run of its downstream tree failed.
+DOWNSTREAM_FAILED = 3
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,10 +45,14 @@ def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
 @click.argument("agent", shell_complete=agent_names)
 @click.argument("text")
 @with_system
-@click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id"}')
-@click.option("--wait", is_flag=True, help="also wait for the downstream runs and print them")
+@click.option("--json", "as_json", is_flag=True, help='print {"agent","content","id","trace_id","attempt"}')
+@click.option(
+    "--wait", is_flag=True, help="also wait for the downstream runs and print them (exit 3 if one failed)"
+)
 def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: bool, wait: bool) -> None:
-    """Send TEXT (or - for stdin) to AGENT and print the reply."""
+    """Send TEXT (or - for stdin) to AGENT and print the reply.
+
+    Exit status: 0 done, 1 the run failed (or was not accepted), 3 with --wait: a downstream run failed."""
     if text == "-":
         text = sys.stdin.read()
     try:
@@ -59,25 +66,31 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
     try:
         with connect(name, socket_) as client:
             for reply in client.stream(request):
-                if reply.get("t") == "chunk":
+                if reply.get("t") == "chunk" and "text" in reply:
                     streamed = True
                     click.echo(reply.get("text", ""), nl=False)
     except ConnectionError as exc:
         raise click.ClickException(f"lost the system: {exc}") from None
     fail_on_error(reply)
     if as_json:
-        out = {key: reply.get(key) for key in ("agent", "content", "id", "trace_id")}
+        out = {key: reply.get(key) for key in ("agent", "content", "id", "trace_id", "attempt")}
         if wait:
             out["downstream"] = [
-                {key: item.get(key) for key in ("agent", "content", "id", "parent_id", "error") if key in item}
+                {
+                    key: item.get(key)
+                    for key in ("agent", "content", "id", "parent_id", "attempt", "error")
+                    if key in item
+                }
                 for item in reply.get("downstream", [])
             ]
         click.echo(json.dumps(out, ensure_ascii=False))
-        return
-    click.echo("" if streamed else reply.get("content", ""))
-    for item in reply.get("downstream", []):
-        text = item.get("content") if "error" not in item else f"error: {item['error']}"
-        click.echo(f"[{item.get('agent')}] {text}")
+    else:
+        click.echo("" if streamed else reply.get("content", ""))
+        for item in reply.get("downstream", []):
+            text = item.get("content") if "error" not in item else f"error: {item['error']}"
+            click.echo(f"[{item.get('agent')}] {text}")
+    if any("error" in item for item in reply.get("downstream", [])):
+        sys.exit(DOWNSTREAM_FAILED)
 
 
 @main.command()
@@ -216,7 +229,7 @@ def schema() -> None:
 
 
 # Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit, logs):
+for _command in (watch, trigger, background, systemd_unit, logs, dead_letters, retry):
     main.add_command(_command)
 
 

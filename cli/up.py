@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from llmling.config import SystemConfig
 
 Message = dict[str, Any]
+# The exit status of `up` when it stopped with accepted runs not finished (kept in the journal).
+LEFT_IN_JOURNAL = 3
 
 
 class Progress:
@@ -58,6 +60,10 @@ class Progress:
             )
         elif kind == "system_stopping":
             self._say("stopping…", force=True)
+        elif kind == "resuming":
+            self._say(f"resuming {event['count']} accepted runs", force=True)
+        elif kind == "dead_letter" and self.up:
+            self._say(f"  {event['agent']:<20} dead letter {event['id']}: {event['reason']}", force=True)
         elif kind == "max_hops":
             self._say(f"  trace {event['trace_id']} stopped at {event['agent']}: max_hops reached", force=True)
 
@@ -84,7 +90,8 @@ def host(
     path: str, socket: str | None, log_level: str, listener: Callable[[SystemConfig], Callable[[Message], None]]
 ) -> int:
     """Run the system of the config at `path` in this process until it stops; return the exit status:
-    2 for an invalid config (nothing started), 1 when it cannot start, 0 after a requested stop.
+    2 for an invalid config (nothing started), 1 when it cannot start, 0 after a requested stop that
+    finished every accepted run, LEFT_IN_JOURNAL when some were left (in the journal for the next `up`).
     `listener(config)` makes the event listener (progress, a watch printer)."""
     from llmling.config import load_config
     from llmling.errors import ConfigError, StartupError
@@ -103,7 +110,7 @@ def host(
     from llmling.supervisor.serve import run
 
     try:
-        run(config, socket=socket, on_event=listener(config), log_level=log_level)
+        left = run(config, socket=socket, on_event=listener(config), log_level=log_level)
     except StartupError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
@@ -111,6 +118,12 @@ def host(
         # The system has ended and the process exits next: the interpreter's final collections skip a frozen
         # heap (measured with 8 agents: the supervisor exits ~35 ms sooner after Ctrl+C, ~60 instead of ~95 ms).
         gc.freeze()
+    if left:
+        where = (
+            "left in the journal for the next start" if config.durability != "off" else "lost (durability: off)"
+        )
+        click.echo(f"{left} accepted runs {where}", err=True)
+        return LEFT_IN_JOURNAL
     return 0
 
 

@@ -97,6 +97,21 @@ def describe(event: Message) -> tuple[str, str, str] | None:
             "run",
             f"failed {_short(event.get('id'))} trace {event.get('trace_id')}: {preview(event.get('error'))}",
         )
+    if kind == "run_retry":
+        return (
+            agent,
+            "run",
+            f"retry {_short(event.get('id'))} attempt {event.get('attempt')} failed ({event.get('kind')}), "
+            f"again in {event.get('delay', 0.0):.2f} s: {preview(event.get('error'))}",
+        )
+    if kind == "dead_letter":
+        return (
+            agent,
+            "dead",
+            f"{_short(event.get('id'))} after {event.get('attempts')} attempts: {preview(event.get('reason'))}",
+        )
+    if kind == "resuming":
+        return "system", "resuming", f"{event.get('count')} accepted runs"
     if kind == "background_started":
         count = f", {event.get('max_count')} runs" if event.get("max_count") else ""
         return agent, "background", f"every {event.get('interval')} s{count}: {preview(event.get('prompt'), 40)}"

@@ -15,6 +15,7 @@ from typing import Any
 from llmling.errors import AgentRunError, LLMlingError
 from llmling.ipc.frames import PromptTooLarge, check_prompt_size
 from llmling.ipc.peer import Peer
+from llmling.supervisor.journal import Unit
 from llmling.supervisor.router import Router
 
 Message = dict[str, Any]
@@ -69,6 +70,8 @@ class Control:
             if handler is None:
                 raise BadRequest(f"field 't': unknown request type {message.get('t')!r}")
             handler(peer, message)
+        except AgentRunError as exc:  # e.g. busy: refused before anything was accepted
+            peer.reply(message, {"t": "error", **exc.reply_fields(), "error": str(exc), "agent": exc.agent})
         except LLMlingError as exc:
             peer.reply(message, {"t": "error", "error": str(exc)})
 
@@ -95,11 +98,20 @@ class Control:
             def on_chunk(chunk: Message) -> None:
                 peer.reply(message, {"t": "chunk", "text": chunk.get("text", "")})
 
+        def on_accepted(unit: Unit) -> None:
+            # The first frame: the run is journaled (or, with durability off, started); it will reach an
+            # outcome even if this client goes away.
+            peer.reply(message, {"t": "chunk", "accepted": {"id": unit.id, "trace_id": unit.trace_id}})
+
         try:
-            result, trace = await self._router.send(agent, prompt, on_chunk)
+            result, trace = await self._router.send(
+                agent, prompt, on_chunk, source="send", on_accepted=on_accepted
+            )
             if message.get("wait"):
                 await trace.done.wait()
                 result = {**result, "downstream": trace.results}
             peer.reply(message, {"t": "result", **result})
         except AgentRunError as exc:
-            peer.reply(message, {"t": "error", "error": str(exc), "agent": exc.agent, "kind": exc.kind})
+            peer.reply(message, {"t": "error", **exc.reply_fields(), "error": str(exc), "agent": exc.agent})
+        except LLMlingError as exc:
+            peer.reply(message, {"t": "error", "error": str(exc)})

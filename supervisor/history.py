@@ -156,6 +156,11 @@ class HistoryService:
         self._writer: asyncio.Task[None] | None = None
         self._broken = False
         self._totals: dict[str, Message] = {name: _zero() for name in self.config.agents}
+        # With a journal (durability sync/batch), the journal writes the rows: a run's row commits with its
+        # `done` mark (`row()` makes it). Without one, this service writes them in batches.
+        self.journaled = supervisor.journal is not None
+        if supervisor.journal is not None:
+            supervisor.journal.history_row = self.row
         supervisor.add_listener(self._on_event)
         supervisor.control.register("history", self._on_request)
 
@@ -181,33 +186,39 @@ class HistoryService:
             self.flush()
             self.store.close()
 
+    def row(self, event: Message) -> tuple[Any, ...]:
+        """The `runs` row of a `run_finished` event; its last item (the usage) is serialised when written."""
+        usage = event.get("usage") or {}
+        return (
+            self.session,
+            str(event.get("agent")),
+            event.get("id"),
+            event.get("trace_id"),
+            event.get("parent_id"),
+            time.time(),
+            str(event.get("prompt", "")),
+            str(event.get("content", "")),
+            _int(usage.get("prompt_tokens")),
+            _int(usage.get("completion_tokens")),
+            _int(usage.get("total_tokens")),
+            _float(usage.get("cost")),
+            _float(event.get("elapsed")),
+            usage,  # serialised in flush(), off the run's path
+        )
+
     def _record(self, event: Message) -> None:
         usage = event.get("usage") or {}
         agent = str(event.get("agent"))
-        self._pending.append(
-            (
-                self.session,
-                agent,
-                event.get("id"),
-                event.get("trace_id"),
-                event.get("parent_id"),
-                time.time(),
-                str(event.get("prompt", "")),
-                str(event.get("content", "")),
-                _int(usage.get("prompt_tokens")),
-                _int(usage.get("completion_tokens")),
-                _int(usage.get("total_tokens")),
-                _float(usage.get("cost")),
-                _float(event.get("elapsed")),
-                usage,  # serialised in flush(), off the run's path
-            )
-        )
+        if not self.journaled:
+            self._pending.append(self.row(event))
         totals = self._totals.setdefault(agent, _zero())
         totals["runs"] += 1
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             totals[key] += _int(usage.get(key)) or 0
         if (cost := _float(usage.get("cost"))) is not None:
             totals["cost"] = (totals["cost"] or 0.0) + cost
+        if self.journaled:
+            return  # the journal writes the row, in the transaction that marks the run done
         if self._writer is not None:
             self._wake.set()
         else:

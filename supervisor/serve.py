@@ -1,8 +1,9 @@
 """`llmling up` in the foreground: run a Supervisor until SIGINT/SIGTERM or a `stop` request.
 
 Signal handlers only request: the first SIGINT/SIGTERM starts a graceful shutdown, a second one skips the
-drain. The exit status is 0 after a requested shutdown. Under systemd (`NOTIFY_SOCKET` set) it speaks the
-notify protocol: READY=1, STATUS=, WATCHDOG=1 from this loop, STOPPING=1 (see `notify.py`).
+drain. `serve` returns the count of accepted runs the drain could not finish (they stay in the journal).
+Under systemd (`NOTIFY_SOCKET` set) it speaks the notify protocol: READY=1, STATUS=, WATCHDOG=1 from this
+loop, STOPPING=1 (see `notify.py`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ async def serve(
     socket: str | os.PathLike[str] | None = None,
     on_event: Callable[[Message], None] | None = None,
     log_level: str = "INFO",
-) -> None:
+) -> int:
     """Run the system until it is asked to stop (also while it starts). Raises StartupError when it cannot
-    start."""
+    start. Returns how many accepted runs were left without an outcome (kept in the journal, or lost with
+    durability off)."""
     notifier = SystemdNotifier.from_env()  # before the forkserver starts: no child inherits NOTIFY_SOCKET
     supervisor = Supervisor(config, socket=socket, on_event=on_event, log_level=log_level)
     watchdog: asyncio.Task[None] | None = None
@@ -53,8 +55,9 @@ async def serve(
         try:
             await supervisor.start()
         except StartupInterrupted:
-            return  # asked to stop while starting: a requested shutdown, not a failure
+            return 0  # asked to stop while starting: a requested shutdown, not a failure
         await supervisor.wait_stopped()
+        return supervisor.left
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -65,9 +68,10 @@ async def serve(
             notifier.close()
 
 
-def run(config: SystemConfig, **kwargs: Any) -> None:
+def run(config: SystemConfig, **kwargs: Any) -> int:
+    """`serve` on a uvloop loop; returns the accepted runs left without an outcome."""
     try:
-        uvloop.run(serve(config, **kwargs))
+        return uvloop.run(serve(config, **kwargs))
     finally:
         # Before this process exits: nothing of the system outlives it, not even briefly (under systemd,
         # `systemctl stop` would otherwise SIGKILL the forkserver and the resource tracker).

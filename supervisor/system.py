@@ -19,16 +19,18 @@ from loguru import logger
 from llmling.agent_proc import preload
 from llmling.agent_proc.spec import AgentSpec
 from llmling.config import SystemConfig
-from llmling.errors import StartupError, StartupInterrupted
+from llmling.errors import LLMlingError, StartupError, StartupInterrupted
 from llmling.ipc.fdbudget import fd_budget, raise_nofile_limit
 from llmling.ipc.paths import socket_path
 from llmling.ipc.peer import Peer
 from llmling.ipc.server import ListenError, UnixServer
 from llmling.supervisor.background import BackgroundRuns
 from llmling.supervisor.control import Control
+from llmling.supervisor.dead_letters import DeadLetters
 from llmling.supervisor.environment import agent_environment, register_secrets
 from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
+from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
 from llmling.supervisor.restarts import RestartRequests
@@ -81,12 +83,21 @@ class Supervisor:
             )
             for name in config.agents
         }
+        # The journal of accepted units (durability sync/batch): written before a unit is acknowledged or
+        # forwarded, read back by the next start. Opened in `_run` (a journal that cannot open fails the start).
+        self.journal = (
+            Journal(journal_path(config.state_path), config.durability) if config.durability != "off" else None
+        )
+        # After stop(): the accepted units left without an outcome (in the journal for the next start; with
+        # durability off, lost). `llmling up` exits non-zero when it is not 0.
+        self.left = 0
         self.router = Router(
             self.slots,
             config.max_hops,
             self._spawn_task,
             self.emit,
-            run_timeouts={name: agent.run_timeout for name, agent in config.agents.items()},
+            journal=self.journal,
+            retry=lambda agent: config.agents[agent].retry,
         )
         for name, agent in config.agents.items():
             for connection in agent.connections:
@@ -114,6 +125,8 @@ class Supervisor:
         # The agents' output (loguru records, fd 1/2 lines): rings, rotating files, `logs` requests.
         self.logs = LogService(self)
         self.services.append(self.logs)
+        # Dead letters: `dead_letters`, `retry`, `dead_letters_purge`.
+        self.dead_letters = DeadLetters(self)
         self.triggers = Triggers(self)
         self.background = BackgroundRuns(self)
 
@@ -149,6 +162,8 @@ class Supervisor:
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
         return task
+
+    spawn_request = _spawn_task
 
     def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
         agent = self.config.agents[name]
@@ -248,10 +263,20 @@ class Supervisor:
             self._spawner.close()
             self._started.set_exception(StartupError(str(exc)))
             return
+        if self.journal is not None:
+            try:
+                self.journal.open()
+            except StartupError as exc:
+                self._started.set_exception(exc)
+                await self._server.close()
+                self._spawner.close()
+                return
         fd_budget().agents += len(self.slots)  # descriptors kept free for spawning and serving our agents
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
+                if self.journal is not None:
+                    self.journal.start(group.create_task)
                 try:
                     await self._start_all(group)
                 except StartupError as exc:
@@ -259,6 +284,7 @@ class Supervisor:
                     await self._shutdown(drain=False)
                     return
                 self._started.set_result(None)
+                await self._resume()
                 self.emit(
                     {
                         "event": "system_ready",
@@ -272,6 +298,8 @@ class Supervisor:
         finally:
             fd_budget().agents -= len(self.slots)
             self._group = None
+            if self.journal is not None:
+                self.journal.abandon()  # only when the shutdown could not close it (the group failed)
             await self._server.close()
             self._spawner.close()
             self.emit({"event": "system_stopped", "name": self.config.name})
@@ -299,6 +327,16 @@ class Supervisor:
         for service in self.services:
             await service.start()
 
+    async def _resume(self) -> None:
+        """Deliver the units an earlier run of this system accepted and did not finish."""
+        if self.journal is None:
+            return
+        units = await self.journal.open_units()
+        if units:
+            self.log.info("resuming {} accepted runs", len(units))
+            self.emit({"event": "resuming", "name": self.config.name, "count": len(units)})
+            self.router.resume(units)
+
     async def _start_slots(self, group: asyncio.TaskGroup) -> None:
         for slot in self.slots.values():
             group.create_task(slot.run(), name=f"slot-{slot.name}")
@@ -323,12 +361,27 @@ class Supervisor:
             await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
             drained.cancel()
             forced.cancel()
+        # From here on a run that fails (its agent is being stopped) stays in the journal as it is.
+        self.router.closing = True
+        self.left = self.router.busy
         self._server.stop_listening()
         await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
         await asyncio.gather(*(model.stop() for model in self.models.values()))
         # Whatever request is still running (client sends, downstream runs) ends now.
         for task in list(self._requests):
             task.cancel()
+        if self.journal is not None:
+            if self._requests:
+                await asyncio.wait(set(self._requests))
+            try:
+                self.left = await self.journal.count_open()
+            except LLMlingError as exc:
+                self.log.error("{}", exc)
+            await self.journal.close()
+            if self.left:
+                self.log.warning(
+                    "{} accepted runs left in the journal {} for the next start", self.left, self.journal.path
+                )
 
     # -- context manager ------------------------------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:

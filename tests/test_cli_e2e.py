@@ -80,7 +80,7 @@ def test_send_json(chain: SystemProcess) -> None:
     done = chain.cli("send", "b", "shout", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert set(out) == {"agent", "content", "id", "trace_id"}
+    assert set(out) == {"agent", "content", "id", "trace_id", "attempt"}
     assert out["agent"] == "b"
     assert out["content"] == "SHOUT"
     assert isinstance(out["id"], str)

@@ -1,4 +1,5 @@
-"""Functional: an agent process that dies is restarted; a run in flight when it dies fails at once."""
+"""Functional: an agent process that dies is restarted; a run in flight when it dies fails at once when it is
+not redelivered (`retry: {max_attempts: 1}`; redelivery is tested in test_delivery.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ agents:
   slow:
     callback: cb:slow
     env_passthrough: [SLOW_SECONDS]
+    retry: {max_attempts: 1}  # not redelivered: its run fails when its process dies
   echo:
     callback: cb:echo
 """

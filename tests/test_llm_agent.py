@@ -96,7 +96,8 @@ def test_chunks_cross_the_supervisor_one_by_one(system: SystemProcess, llm: Scri
     llm.script(Reply("".join(pieces), chunks=pieces), model="stream-model")
     with Client(system.socket, timeout=60) as client:
         frames = list(client.stream({"t": "send", "agent": "streamer", "prompt": "go", "stream": True}))
-    *chunks, result = frames
+    accepted, *chunks, result = frames
+    assert accepted["accepted"] == {"id": result["id"], "trace_id": result["trace_id"]}
     assert [chunk["t"] for chunk in chunks] == ["chunk"] * len(pieces)
     assert tuple(chunk["text"] for chunk in chunks) == pieces
     assert result["t"] == "result"

@@ -284,7 +284,8 @@ def test_tools_with_streaming(system: SystemProcess, llm: ScriptedLLM) -> None:
         frames = list(
             client.stream({"t": "send", "agent": "streamer", "prompt": "Add 20 and 22.", "stream": True})
         )
-    *chunks, result = frames
+    accepted, *chunks, result = frames
+    assert accepted["accepted"]["id"] == result["id"]
     assert [chunk["text"] for chunk in chunks] == ["The answer", " is", " 42."]
     assert result["t"] == "result"
     assert result["content"] == "The answer is 42."

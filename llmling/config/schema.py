@@ -109,6 +109,20 @@ class ConnectionConfig(Strict):
         return None if value is None else _import_path(value)
 
 
+class RetryConfig(Strict):
+    """Redelivery of a failed run: same run id, `attempt + 1`, after an exponential backoff with jitter."""
+
+    max_attempts: int = Field(3, ge=1, description="deliveries of one run at most (1: never redelivered)")
+    backoff: float = Field(
+        1.0, ge=0, description="seconds before the 2nd attempt, doubling per attempt (times 0.5-1.0 jitter)"
+    )
+    on: list[Literal["crash", "timeout", "error"]] = Field(
+        default_factory=lambda: ["crash", "timeout"],
+        description="failures that are redelivered: crash (process died), timeout (run_timeout), error "
+        "(the agent's own code raised)",
+    )
+
+
 class AgentConfig(Strict):
     """One agent: an LLM (`model`) or a Python function (`callback`)."""
 
@@ -152,6 +166,7 @@ class AgentConfig(Strict):
     background: BackgroundConfig | None = Field(
         None, description="a prompt the supervisor runs repeatedly from start-up: {prompt, interval, max_count}"
     )
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="redelivery of failed runs")
     # `concurrency`: each run's context is the history as of its start; its user/assistant pair joins the
     # history when it completes (completion order).
     concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY, description="runs at once inside the agent's process")
@@ -273,6 +288,11 @@ class SystemConfig(Strict):
     heartbeat_timeout: float = Field(
         10.0, gt=0, description="an agent whose loop does not answer a ping in this many seconds is restarted"
     )
+    durability: Literal["sync", "batch", "off"] = Field(
+        "batch",
+        description="the journal of accepted runs: sync survives a power loss, batch a crash of the process, "
+        "off keeps no journal (accepted runs live only in memory)",
+    )
     state_dir: str | None = Field(
         None,
         description="where the run history (history.db) and the logs are kept, relative to the config folder; "
@@ -285,6 +305,11 @@ class SystemConfig(Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("durability", mode="before")
+    @classmethod
+    def _durability_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
     @field_validator("agents")
     @classmethod

@@ -99,6 +99,8 @@ class Firing:
     id: str
     trace_id: str
     task: asyncio.Task[Outcome]
+    # Resolves once the run is accepted (journaled): None, or the error that kept it from being accepted.
+    accepted: asyncio.Future[str | None]
 
 
 class TriggerHost:
@@ -138,21 +140,43 @@ class TriggerHost:
         """A task of the supervisor's root group; it must never raise (that would stop the system)."""
         return self._supervisor.spawn_service_task(coro, name=name)
 
-    def start_run(self, agent: str, prompt: str, on_end: OnEnd | None = None) -> Firing:
+    def start_run(
+        self, agent: str, prompt: str, on_end: OnEnd | None = None, source: str = "background"
+    ) -> Firing:
         """Start a run of `agent` now (as a new trace) and return its ids; `on_end(outcome)` is called last.
+        Acknowledge the run (a webhook's 202) only once `Firing.accepted` resolved to None.
 
         Raises AgentBusyError (nothing started) when the agent's queue is full.
         """
         self.router.slot(agent).check_capacity()
         trace = Trace(uuid.uuid4().hex)
         run_id = new_id()
-        task = self.spawn(self._run(agent, prompt, trace, run_id, on_end), name=f"run-{agent}-{run_id}")
-        return Firing(run_id, trace.id, task)
+        accepted: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        task = self.spawn(
+            self._run(agent, prompt, trace, run_id, on_end, source, accepted), name=f"run-{agent}-{run_id}"
+        )
+        return Firing(run_id, trace.id, task, accepted)
 
-    async def _run(self, agent: str, prompt: str, trace: Trace, run_id: str, on_end: OnEnd | None) -> Outcome:
+    async def _run(
+        self,
+        agent: str,
+        prompt: str,
+        trace: Trace,
+        run_id: str,
+        on_end: OnEnd | None,
+        source: str,
+        accepted: asyncio.Future[str | None],
+    ) -> Outcome:
         outcome = Outcome(error="cancelled", kind="cancelled")
+
+        def on_accepted(_unit: object) -> None:
+            if not accepted.done():
+                accepted.set_result(None)
+
         try:
-            result, _ = await self.router.send(agent, prompt, trace=trace, run_id=run_id)
+            result, _ = await self.router.send(
+                agent, prompt, trace=trace, run_id=run_id, source=source, on_accepted=on_accepted
+            )
             outcome = Outcome(result=result)
         except asyncio.CancelledError:
             raise
@@ -166,6 +190,8 @@ class TriggerHost:
             outcome = Outcome(error=f"{type(exc).__name__}: {exc}", kind="error")
             logger.bind(agent=agent).opt(exception=exc).error("run {} failed", run_id)
         finally:
+            if not accepted.done():
+                accepted.set_result(outcome.error or "not accepted")
             if on_end is not None:
                 try:
                     on_end(outcome)
@@ -185,7 +211,7 @@ class TriggerHost:
                 trigger.failed += 1
                 trigger.last_error = outcome.error
 
-        firing = self.start_run(trigger.agent, prompt, on_end)
+        firing = self.start_run(trigger.agent, prompt, on_end, source=trigger.kind)
         trigger.fired += 1
         trigger.in_flight += 1
         self.emit(

@@ -258,7 +258,7 @@ class _Server:
         if delivery is not None:  # before the first await: a duplicate arriving meanwhile is a replay
             endpoint.deliveries.put(delivery, accepted)
         try:
-            await _admitted(firing)
+            await _accepted(firing)
         except Rejection:
             if delivery is not None:
                 endpoint.deliveries.discard(delivery)
@@ -291,12 +291,15 @@ def _refuse_run(outcome: Outcome) -> None:
         raise Rejection(status, outcome.error or "the agent cannot take runs")
 
 
-async def _admitted(firing: Firing) -> None:
-    """Let the run take its first step, in which the agent's queue takes or refuses it (AgentBusyError is
-    raised before the run's first suspension); raise the Rejection of a refusal."""
-    await asyncio.sleep(0)
+async def _accepted(firing: Firing) -> None:
+    """Wait until the run is accepted (journaled: the 202 is a promise that it reaches an outcome); a run
+    refused meanwhile raises the Rejection of its kind (busy: 429, cannot take runs: 503)."""
+    refused = await asyncio.shield(firing.accepted)
+    if refused is None:
+        return
     if firing.task.done():
         _refuse_run(firing.task.result())
+    raise Rejection(503, refused)
 
 
 async def _read_body(request: BaseRequest, config: WebhookTrigger) -> bytes:
