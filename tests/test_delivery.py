@@ -66,7 +66,9 @@ def crash(prompt):
 
 
 def history_db(system: SystemProcess) -> Path:
-    return system.config.parent / "state" / "llmling" / "system" / "history.db"
+    """The system's history.db in its state folder (`<name>-<hash of the config path>`)."""
+    found = sorted((system.config.parent / "state" / "llmling").glob("system-*/history.db"))
+    return found[0] if found else system.config.parent / "state" / "llmling" / "system" / "history.db"
 
 
 def query(system: SystemProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -114,6 +116,7 @@ def webhook_system(systems: Systems, port: int, extra: str = "") -> SystemProces
         agents:
           hook:
             callback: work:gated
+            max_queue: 5000  # every delivery of the flood is accepted (none refused with 429)
             retry: {{max_attempts: 3, backoff: 0.05}}
             triggers:
               - {{type: webhook, name: in, port: {port}, path: /in}}
@@ -296,6 +299,7 @@ def test_stop_leaves_unfinished_runs_in_the_journal_and_up_resumes_them(systems:
         agents:
           slow:
             callback: cb:slow
+            env_passthrough: [SLOW_SECONDS]
         """,
         env={"SLOW_SECONDS": "60"},
     )
@@ -386,6 +390,7 @@ def test_a_run_whose_client_is_gone_still_lands_in_history(systems: Systems) -> 
         agents:
           slow:
             callback: cb:slow
+            env_passthrough: [SLOW_SECONDS]
         """,
         env={"SLOW_SECONDS": "1"},
     )
