@@ -182,6 +182,9 @@ class AgentRunError(LLMlingError):
         self.cause = cause
         self.kind: RunErrorKind = kind
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.agent, self.cause, self.kind)
+
     @classmethod
     def from_reply(cls, agent: str, reply: Mapping[str, Any]) -> AgentRunError:
         """The error of an `error` reply (`error`, [`kind`], [`cause`]); a typed ModelError cause if it has one."""
@@ -216,6 +219,9 @@ class AgentBusyError(AgentRunError):
 
     def __str__(self) -> str:
         return f"agent {self.agent} is busy ({self.queued} queued)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.agent, self.queued, self.retry_after)
 
 
 class UnknownAgentError(LLMlingError):

@@ -151,16 +151,20 @@ class Router:
             check_prompt_size(prompt)  # every source: clients, triggers, the Python API
         except PromptTooLarge as exc:
             raise AgentRunError(agent, str(exc)) from None
-        slot.check_capacity()
+        slot.admit()  # AgentBusyError: refused before it is journaled or acknowledged
         trace = trace or Trace()
         unit = Unit(run_id or new_id(), trace.id, None, agent, prompt, 0, source)
         self._begin(trace)
         try:
-            if self._journal is not None:
-                await self._journal.accept(unit)
-            if on_accepted is not None:
-                on_accepted(unit)
-            result = await self._deliver(slot, unit, trace, on_chunk)
+            try:
+                if self._journal is not None:
+                    await self._journal.accept(unit)
+                if on_accepted is not None:
+                    on_accepted(unit)
+            except BaseException:
+                slot.release()
+                raise
+            result = await self._deliver(slot, unit, trace, on_chunk, admitted=True)
         finally:
             self._end(trace)
         return result, trace
@@ -214,7 +218,9 @@ class Router:
             trace.done.set()
             self._traces.pop(trace.id, None)
 
-    async def _deliver(self, slot: AgentSlot, unit: Unit, trace: Trace, on_chunk: OnChunk | None) -> Message:
+    async def _deliver(
+        self, slot: AgentSlot, unit: Unit, trace: Trace, on_chunk: OnChunk | None, admitted: bool = False
+    ) -> Message:
         """Run `unit` until it has an outcome: its result (returned), or a dead letter (AgentRunError).
 
         Crashes and timeouts (per the agent's `retry.on`) are redelivered with the same id and attempt + 1.
@@ -239,6 +245,7 @@ class Router:
                 "attempt": unit.attempt,
             }
             started = time.perf_counter()
+            consumed, admitted = admitted, False
             self._on_event(
                 {
                     "event": "run_started",
@@ -251,7 +258,8 @@ class Router:
                 }
             )
             try:
-                reply = await slot.submit(message, on_chunk)
+                # The first attempt of a root run consumes its admission (it counts as queued from here).
+                reply = await slot.submit(message, on_chunk, admitted=consumed)
             except AgentRunError as exc:
                 if self.closing:
                     if self._journal is None:

@@ -1,8 +1,10 @@
 """One agent's place in the system: keeps its process alive, admits and paces its runs, fails them with a kind.
 
-Admission: at most `max_queue` runs wait in the slot (accepted, not started); `check_capacity()` is what the
-edges (the control socket, the Python API, triggers, background ticks) call before they acknowledge a root
-run. Forwarded runs are never refused. At most `concurrency` runs are in the agent's process at once; the
+Admission: at most `max_queue` runs wait in the slot (accepted, not started). The router `admit()`s a root
+run before it journals and acknowledges it (AgentBusyError when the queue is full); the admission counts
+until the run enters `submit(admitted=True)` or is `release()`d. `check_capacity()` is the same test without
+counting, for edges that want to refuse before doing any work. Forwarded runs are never refused. At most
+`concurrency` runs are in the agent's process at once; the
 others wait here, in order. A run sent to the process has a deadline of `run_timeout` + a grace: the agent
 cancels the run itself at `run_timeout`; one that does not give it up by the deadline has its process replaced.
 """
@@ -14,7 +16,6 @@ import contextlib
 import math
 import secrets
 import signal
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -112,9 +113,9 @@ class AgentSlot:
         self._intensity = RestartIntensity(policy.max_restarts, policy.restart_period)
         # Invariant: runs inside `submit` not yet sent to the process (waiting for a place or for READY).
         self.queued = 0
-        # Invariant: runs accepted by `check_capacity()` whose tasks have not reached `submit` yet (each entry
-        # is taken by a run entering `submit`, or expires two turns of the loop later); counted with `queued`.
-        self._admissions: deque[object] = deque()
+        # Invariant: runs admitted by `admit()` that have not entered `submit` nor been released; they count
+        # towards `max_queue` with `queued` (a run is journaled between its admission and its `submit`).
+        self.admitted = 0
         # Invariant: runs sent to the current process and not answered; never more than `concurrency`.
         self.running = 0
         # The `concurrency` places; a run holds one from before it waits for READY until its reply. FIFO.
@@ -329,23 +330,21 @@ class AgentSlot:
 
     # -- admission ------------------------------------------------------------------------------------------
     def check_capacity(self) -> None:
-        """Raise AgentBusyError when `max_queue` runs already wait: what every edge asks before it accepts.
-
-        An accepted run is counted from here until its task reaches `submit` (that task starts in the next
-        turn of the loop, so the admission expires after two turns at the latest): a burst accepted within one
-        turn cannot overshoot `max_queue`.
-        """
-        waiting = self.queued + len(self._admissions)
+        """Raise AgentBusyError when `max_queue` runs already wait (accepted and not started); counts nothing."""
+        # Accepted runs beyond the `concurrency` places: those that will have to wait for one.
+        waiting = max(0, self.queued + self.admitted + self.running - self.policy.concurrency)
         if waiting >= self.policy.max_queue:
             raise AgentBusyError(self.name, waiting, self._retry_after())
-        admission = object()
-        self._admissions.append(admission)
-        loop = asyncio.get_running_loop()
-        loop.call_soon(loop.call_soon, self._expire, admission)
 
-    def _expire(self, admission: object) -> None:
-        with contextlib.suppress(ValueError):
-            self._admissions.remove(admission)
+    def admit(self) -> None:
+        """Count one more accepted run towards `max_queue` until it enters `submit(admitted=True)` or is
+        `release()`d. Raises AgentBusyError (nothing counted) when the queue is full."""
+        self.check_capacity()
+        self.admitted += 1
+
+    def release(self) -> None:
+        """An admitted run that will not reach `submit` (its acceptance failed)."""
+        self.admitted -= 1
 
     def _retry_after(self) -> int:
         """Whole seconds until a place is likely free: one average run shared by the places."""
@@ -360,14 +359,17 @@ class AgentSlot:
             raise AgentRunError(self.name, f"agent failed to start: {self.last_error}", kind="unavailable")
 
     # -- runs -----------------------------------------------------------------------------------------------
-    async def submit(self, message: RunFrame, on_chunk: OnChunk | None, wait_ready: float = 60.0) -> ResultFrame:
+    async def submit(
+        self, message: RunFrame, on_chunk: OnChunk | None, wait_ready: float = 60.0, admitted: bool = False
+    ) -> ResultFrame:
         """Run `message` in the agent process once a place is free; return its final reply.
 
-        Never refuses for a full queue (the edges call `check_capacity()` first). Raises AgentRunError.
+        Never refuses for a full queue (a root run was `admit()`ted before; say so with `admitted`, and it is
+        counted in `queued` from now on). Raises AgentRunError.
         """
+        if admitted:
+            self.admitted -= 1
         self._check_available()
-        if self._admissions:
-            self._admissions.popleft()  # counted in `queued` from now on
         self.queued += 1
         try:
             await self._places.acquire()

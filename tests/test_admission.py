@@ -185,7 +185,8 @@ def test_a_run_that_ignores_its_timeout_gets_its_process_replaced(systems: Syste
         """
         shutdown_timeout: 1
         agents:
-          stubborn: {callback: "adm:stubborn", run_timeout: 0.5}
+          # One attempt: a timeout is otherwise redelivered (retry.on), each one replacing the process again.
+          stubborn: {callback: "adm:stubborn", run_timeout: 0.5, retry: {max_attempts: 1}}
           echo: {callback: cb:echo}
         """,
         modules={"adm": CALLBACKS},
