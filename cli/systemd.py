@@ -84,6 +84,8 @@ def render_unit(
         f"WorkingDirectory={quote(str(folder))}",
         "Environment=PYTHONUNBUFFERED=1",
         f"Environment=LLMLING_SOCKET={socket}",
+        "# History and the journal go to the unit's state directory (%S: /var/lib, or ~/.local/state for --user).",
+        "Environment=XDG_STATE_HOME=%S",
         f"ExecStart={command}",
         "# SIGTERM to the supervisor only: it drains in-flight runs and stops its own processes.",
         "KillMode=mixed",
