@@ -179,7 +179,7 @@ class HistoryService:
     name = "history"
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self.config = supervisor.config
+        self._supervisor = supervisor
         self.path = history_path(self.config)
         self.session = uuid.uuid4().hex
         self.store = HistoryStore(self.path)
@@ -192,6 +192,11 @@ class HistoryService:
         self._totals: dict[str, Message] = {name: _zero() for name in self.config.agents}
         supervisor.add_listener(self._on_event)
         supervisor.control.register("history", self._on_request)
+
+    @property
+    def config(self) -> SystemConfig:
+        """The system's config as of now (a reload replaces it)."""
+        return self._supervisor.config
 
     # -- Service ------------------------------------------------------------------------------------------
     async def start(self) -> None:

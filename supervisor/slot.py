@@ -70,6 +70,12 @@ class AgentSlot:
         self._init_result: asyncio.Future[None] | None = None
         self._child: Child | None = None
         self._stopping = False
+        # Set by `restart()`: the current process ends on purpose, so the next one starts at once.
+        self._replacing = False
+        # Invariant: runs sent to the process and not answered; `_idle` is set exactly when it is 0.
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -137,6 +143,9 @@ class AgentSlot:
                 self.started.set_result(None)  # the first attempt has an outcome; `state` says which
             if self._stopping:
                 break
+            if self._replacing and not failed:
+                self._replacing = False
+                continue  # ended on purpose (reload, restart): a fresh process at once, not a crash
             if time.monotonic() - began > STABLE_AFTER:
                 backoff = BACKOFF_START
             self.restarts += 1
@@ -174,7 +183,7 @@ class AgentSlot:
                 heartbeat = group.create_task(self._heartbeat(peer, child.pid))
                 code = await child.wait()
                 heartbeat.cancel()
-            if not self._stopping:
+            if not self._stopping and not self._replacing:
                 self.last_error = f"process exited with {_describe(code)}"
                 self.log.warning("process {} exited with {}", child.pid, _describe(code))
         finally:
@@ -224,15 +233,42 @@ class AgentSlot:
                 raise AgentRunError(self.name, f"agent not ready after {wait_ready} s")
         peer = self.peer
         assert peer is not None
+        self.in_flight += 1
+        self._idle.clear()
         try:
             reply = await peer.start_request(message, on_chunk)
         except (PeerClosed, ConnectionError):
             raise AgentRunError(self.name, "agent process died during the run") from None
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
         if reply.get("t") == "error":
             raise AgentRunError(self.name, str(reply.get("error")))
         return reply
 
     # -- stopping -------------------------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` until no run is in flight in the process; True when none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def restart(self, grace: float, drain: float) -> None:
+        """Replace the process on purpose: runs in flight get up to `drain` s, new ones wait for the fresh
+        process (READY at once, with the spec as of now); not counted as a crash, no backoff."""
+        if self._child is None or not self._child.alive:
+            return
+        self._ready.clear()  # from now on new runs wait for the fresh process
+        await self.drain(drain)
+        self._replacing = True
+        if self.peer is not None:
+            self.peer.send({"t": "shutdown"})
+        await self._child.end(grace, self.name)
+
     async def stop(self, grace: float) -> None:
         """Ask the process to exit, escalate after `grace`; the slot's task then ends."""
         self._stopping = True

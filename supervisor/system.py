@@ -19,7 +19,7 @@ from loguru import logger
 from llmling.agent_proc import preload
 from llmling.agent_proc.spec import AgentSpec
 from llmling.config import SystemConfig
-from llmling.errors import StartupError, StartupInterrupted
+from llmling.errors import LLMlingError, StartupError, StartupInterrupted
 from llmling.ipc.paths import socket_path
 from llmling.ipc.peer import Peer
 from llmling.ipc.server import AlreadyRunning, UnixServer
@@ -28,7 +28,8 @@ from llmling.supervisor.control import Control
 from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
 from llmling.supervisor.model_service import ModelService
-from llmling.supervisor.router import Router
+from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
+from llmling.supervisor.router import Route, Router
 from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot
@@ -65,21 +66,10 @@ class Supervisor:
         self._spawner = Spawner(preload.modules(config.needs_llm, config.needs_mcp))
         self._server = UnixServer(self.socket_path, self._on_message)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
-        self.slots = {
-            name: AgentSlot(
-                name,
-                self._spec_maker(name),
-                self._spawner,
-                self.emit,
-                heartbeat=(config.heartbeat_interval, config.heartbeat_timeout),
-                start_timeout=config.start_timeout,
-            )
-            for name in config.agents
-        }
+        self.slots = {name: self._new_slot(name) for name in config.agents}
         self.router = Router(self.slots, config.max_hops, self._spawn_task, self.emit)
-        for name, agent in config.agents.items():
-            for connection in agent.connections:
-                self.router.connect(route_from_config(name, connection, str(config.base_dir)))
+        for route in self._config_routes(config, set(config.agents)):
+            self.router.connect(route)
         self.control = Control(self.router, self.status, self.request_stop, self._spawn_task)
         # Started after every agent is READY, stopped (in reverse order) before the drain. A service owns
         # its long-lived tasks through `spawn_service_task`.
@@ -100,6 +90,9 @@ class Supervisor:
         self.events = EventStream(self)
         self.triggers = Triggers(self)
         self.background = BackgroundRuns(self)
+        # `reload` (and SIGHUP / `up --reload` through `serve.py`): re-read the config file, apply the change.
+        self.reloader = Reloader(self)
+        self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -124,7 +117,18 @@ class Supervisor:
         if self._group is None:
             coro.close()
             raise RuntimeError("the supervisor is not running")
-        return self._group.create_task(coro, name=name)
+        return self._group.create_task(self._guarded(coro), name=name)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """The one guard of every request, run and service task: a failure is logged, never raised into the
+        root group (where it would cancel the whole system)."""
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("task failed")
+            return None
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a request (a client's send, a downstream run) as a task of the root group; the shutdown
@@ -134,10 +138,30 @@ class Supervisor:
         task.add_done_callback(self._requests.discard)
         return task
 
-    def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
-        agent = self.config.agents[name]
+    def _new_slot(self, name: str) -> AgentSlot:
+        return AgentSlot(
+            name,
+            self._spec_maker(name),
+            self._spawner,
+            self.emit,
+            heartbeat=(self.config.heartbeat_interval, self.config.heartbeat_timeout),
+            start_timeout=self.config.start_timeout,
+        )
 
+    @staticmethod
+    def _config_routes(config: SystemConfig, agents: set[str]) -> list[Route]:
+        """The routes of `agents`' `connections:` (raises StartupError naming one that cannot be imported)."""
+        return [
+            route_from_config(name, connection, str(config.base_dir))
+            for name, agent in config.agents.items()
+            if name in agents
+            for connection in agent.connections
+        ]
+
+    def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
         def make(token: str) -> AgentSpec:
+            # The config as of this (re)start: a reload changes what the next process gets.
+            agent = self.config.agents[name]
             local = agent.local_model
             config = agent.model_dump()
             if local:  # served here: the agent talks to the model service as to any OpenAI-compatible server
@@ -170,6 +194,61 @@ class Supervisor:
                 peer.close()
         else:
             self.control.handle(peer, message)
+
+    # -- reload ---------------------------------------------------------------------------------------------
+    def request_reload(self, peer: Peer | None = None, message: Message | None = None) -> None:
+        """Re-read the config file and apply it, on a task of the root group (SIGHUP, `up --reload`, the
+        `reload` request, which gets the outcome as its answer). A refused reload changes nothing; it is
+        logged and reported as a `reload_failed` event."""
+        if self._group is None or self.stopping:
+            if peer is not None and message is not None:
+                peer.reply(message, {"t": "error", "error": "the system is not running"})
+            return
+
+        async def reload() -> None:
+            try:
+                plan = await self.reloader.reload()
+            except LLMlingError as exc:
+                self.log.error("reload refused: {}", exc)
+                self.emit({"event": "reload_failed", "name": self.config.name, "error": str(exc)})
+                if peer is not None and message is not None:
+                    peer.reply(message, {"t": "error", "error": str(exc)})
+                return
+            if peer is not None and message is not None:
+                peer.reply(message, {"t": "ok", "summary": plan.summary(), **plan.info()})
+
+        self._spawn_task(reload())
+
+    async def apply_config(self, new: SystemConfig, plan: ReloadPlan) -> None:
+        """Apply a planned reload (see `reload.py`): what goes away first, then the agents, then what routes
+        and fires runs. Raises ReloadError when a new route cannot be imported (then nothing was changed)."""
+        if self._group is None:
+            raise ReloadError("the system is not running")
+        touched = set(plan.routes) - set(plan.removed)
+        try:
+            routes = self._config_routes(new, touched)
+        except StartupError as exc:
+            raise ReloadError(f"{exc}; nothing was changed") from None
+        self.config = new
+        self.router.max_hops = new.max_hops
+        drain = new.shutdown_timeout
+        self.background.stop_jobs(plan.background)
+        await self.triggers.stop_kinds(plan.trigger_kinds)
+        for name in plan.removed:
+            self.router.remove_agent(name)
+        for name in plan.removed:
+            slot = self.slots[name]
+            await slot.drain(drain)
+            await slot.stop(AGENT_GRACE)
+            del self.slots[name]
+        for name in plan.added:
+            slot = self.slots[name] = self._new_slot(name)
+            self.router.add_agent(name)
+            self._group.create_task(slot.run(), name=f"slot-{name}")
+        await asyncio.gather(*(self.slots[name].restart(AGENT_GRACE, drain) for name in plan.changed))
+        self.router.replace_config_routes(touched, routes)
+        await self.triggers.start_kinds(new, plan.trigger_kinds)
+        self.background.start_jobs(new, plan.background)
 
     def status(self) -> Message:
         return {

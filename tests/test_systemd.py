@@ -123,6 +123,8 @@ def check_structure(unit: configparser.RawConfigParser, shutdown_timeout: float)
     executable, *args = service["ExecStart"].split()
     assert Path(executable).is_absolute()
     assert args[-2] == "up" and Path(args[-1]).is_absolute()
+    reload_executable, *reload_args = service["ExecReload"].split()
+    assert reload_executable == executable and reload_args == ["reload"]
 
 
 def test_unit_structure(tmp_path: Path) -> None:
