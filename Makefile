@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/agents.yml
 
-.PHONY: install up test lint bench lock clean
+.PHONY: install up test test-systemd lint bench lock clean
 
 $(STAMP): requirements.lock requirements-model.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Root only (CI): the generated unit under a real systemd booted with systemd-nspawn (installed with apt when
+# missing). `make test` never needs root or apt.
+test-systemd: $(STAMP)
+	LLMLING_LIVE_SYSTEMD=1 $(BIN)/python -m pytest -p no:cacheprovider tests/live/test_systemd_live.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,11 +34,12 @@ def main() -> None:
 @click.option("--socket", "socket_", envvar="LLMLING_SOCKET", help="control socket path")
 @click.option("--log-level", default="INFO", show_default=True, help="loguru level for supervisor and agents")
 @click.option("--quiet", "-q", is_flag=True, help="no start-up progress")
-def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
-    """Run the system of CONFIG in the foreground until Ctrl+C or `llmling stop`."""
+@click.option("--reload", is_flag=True, help="reload the config whenever its file changes (debounced)")
+def up(config: str, socket_: str | None, log_level: str, quiet: bool, reload: bool) -> None:
+    """Run the system of CONFIG in the foreground until Ctrl+C or `llmling stop`. SIGHUP reloads CONFIG."""
     from llmling.cli.up import run_up
 
-    sys.exit(run_up(config, socket_, log_level, quiet))
+    sys.exit(run_up(config, socket_, log_level, quiet, reload))
 
 
 @main.command()
@@ -161,6 +162,18 @@ def history(
     from llmling.cli.history import history_text
 
     click.echo(history_text(reply))
+
+
+@main.command()
+@with_system
+@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for the reload to apply")
+def reload(name: str | None, socket_: str | None, timeout: float) -> None:
+    """Re-read the config file of a running system and apply the change (as SIGHUP does).
+
+    An invalid config, or one that changes `name`, `state_dir` or `durability`, changes nothing; the error
+    says why and the exit status is 1."""
+    reply = request(name, socket_, {"t": "reload"}, timeout=timeout)
+    click.echo(f"reloaded: {reply['summary']}")
 
 
 @main.command()

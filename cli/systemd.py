@@ -1,10 +1,11 @@
 """`llmling systemd-unit CONFIG [--user]`: print a systemd unit that runs `llmling up CONFIG`.
 
 The unit is `Type=notify` (the supervisor sends READY=1 once its agents are READY, WATCHDOG=1 from its event
-loop, STOPPING=1 on shutdown), stops with SIGTERM to the supervisor alone (`KillMode=mixed`: it drains and
-stops its own processes; whatever is left after `TimeoutStopSec` is SIGKILLed by systemd), and is hardened
-as far as `llmling up` allows: it writes only its runtime directory, its state directory and the config's
-folder.
+loop, STOPPING=1 on shutdown), reloads with `llmling reload` (ExecReload), stops with SIGTERM to the
+supervisor alone (`KillMode=mixed`: it drains and stops its own processes; whatever is left after
+`TimeoutStopSec` is SIGKILLed by systemd), keeps its history and journal in its state directory
+(`XDG_STATE_HOME=%S`), and is hardened as far as `llmling up` allows: it writes only its runtime directory,
+its state directory and the config's folder.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def render_unit(
         f"WorkingDirectory={quote(str(folder))}",
         "Environment=PYTHONUNBUFFERED=1",
         f"Environment=LLMLING_SOCKET={socket}",
+        "# History and the journal go to the unit's state directory (%S: /var/lib, or ~/.local/state for --user).",
+        "Environment=XDG_STATE_HOME=%S",
         f"ExecStart={command}",
+        "# `systemctl reload`: re-read the config and apply it; fails (changing nothing) if it is invalid.",
+        "ExecReload=" + " ".join(quote(arg) for arg in [*executable(), "reload"]),
         "# SIGTERM to the supervisor only: it drains in-flight runs and stops its own processes.",
         "KillMode=mixed",
         "KillSignal=SIGTERM",

@@ -64,6 +64,10 @@ class Progress:
             self._say(f"resuming {event['count']} accepted runs", force=True)
         elif kind == "dead_letter" and self.up:
             self._say(f"  {event['agent']:<20} dead letter {event['id']}: {event['reason']}", force=True)
+        elif kind == "reloaded":
+            self._say(f"reloaded: {event['summary']}", force=True)
+        elif kind == "reload_failed":
+            self._say(f"reload refused: {event['error']}", force=True)
         elif kind == "max_hops":
             self._say(f"  trace {event['trace_id']} stopped at {event['agent']}: max_hops reached", force=True)
 
@@ -87,7 +91,11 @@ def configure_logging(level: str) -> None:
 
 
 def host(
-    path: str, socket: str | None, log_level: str, listener: Callable[[SystemConfig], Callable[[Message], None]]
+    path: str,
+    socket: str | None,
+    log_level: str,
+    listener: Callable[[SystemConfig], Callable[[Message], None]],
+    watch_config: bool = False,
 ) -> int:
     """Run the system of the config at `path` in this process until it stops; return the exit status:
     2 for an invalid config (nothing started), 1 when it cannot start, 0 after a requested stop that
@@ -110,7 +118,9 @@ def host(
     from llmling.supervisor.serve import run
 
     try:
-        left = run(config, socket=socket, on_event=listener(config), log_level=log_level)
+        left = run(
+            config, socket=socket, on_event=listener(config), log_level=log_level, watch_config=watch_config
+        )
     except StartupError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
@@ -127,10 +137,10 @@ def host(
     return 0
 
 
-def run_up(path: str, socket: str | None, log_level: str, quiet: bool) -> int:
+def run_up(path: str, socket: str | None, log_level: str, quiet: bool, reload: bool = False) -> int:
     def progress(config: SystemConfig) -> Progress:
         shown = Progress(len(config.agents), quiet)
         shown._say(f"starting {config.name!r}: {', '.join(config.agents)}")
         return shown
 
-    return host(path, socket, log_level, progress)
+    return host(path, socket, log_level, progress, watch_config=reload)

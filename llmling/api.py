@@ -302,10 +302,12 @@ class Connection:
             self._supervisor.router.disconnect(route)
 
     def __rshift__(self, other: Agent[Any] | Iterable[Agent[Any]]) -> Connection:
+        """`a >> b >> c`: connects this connection's targets on; the result holds every link of the chain, so
+        its `disconnect()` removes them all."""
         connections = [target.connect_to(other) for target in self.targets]
         return Connection(
             self._supervisor,
-            [r for c in connections for r in c.routes],
+            [*self.routes, *(r for c in connections for r in c.routes)],
             [t for c in connections for t in c.targets],
         )
 

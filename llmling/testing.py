@@ -374,6 +374,8 @@ class SystemProcess:
         self.tag = uuid.uuid4().hex
         self.env = {key: value for key, value in os.environ.items() if key != "LLMLING_SOCKET"}
         self.env.update(env or {})
+        # More arguments of `up` (e.g. `--reload`).
+        self.args: tuple[str, ...] = ()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -383,7 +385,7 @@ class SystemProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**self.env, TAG_ENV: self.tag}
-        command = [*llmling_command(), "up", str(self.config), "--socket", str(self.socket)]
+        command = [*llmling_command(), "up", str(self.config), "--socket", str(self.socket), *self.args]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         return self.process

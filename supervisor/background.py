@@ -25,6 +25,7 @@ from llmling.supervisor.control import BadRequest, field
 from llmling.supervisor.triggers.base import Firing, TriggerHost
 
 if TYPE_CHECKING:
+    from llmling.config import SystemConfig
     from llmling.supervisor.system import Supervisor
 
 Message = dict[str, Any]
@@ -83,11 +84,23 @@ class BackgroundRuns:
 
     # -- service --------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        for name, agent in self._config.agents.items():
-            if agent.background is not None:
+        self.start_jobs(self._config, tuple(self._config.agents))
+
+    def start_jobs(self, config: SystemConfig, agents: tuple[str, ...]) -> None:
+        """Start the configured jobs of `agents` (at start, and for the agents a reload changed)."""
+        self._config = config
+        for name in agents:
+            agent = config.agents.get(name)
+            if agent is not None and agent.background is not None:
                 self.start_job(
                     name, agent.background.prompt, agent.background.interval, agent.background.max_count
                 )
+
+    def stop_jobs(self, agents: tuple[str, ...]) -> None:
+        """Stop the jobs of `agents` (a reload changed or removed their `background`)."""
+        for name in agents:
+            if name in self.jobs:
+                self.stop_job(name, reason="reloaded")
 
     async def stop(self) -> None:
         """End every timer; a run in flight finishes during the drain like any other run."""

@@ -145,7 +145,7 @@ class HistoryService:
     name = "history"
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self.config = supervisor.config
+        self._supervisor = supervisor
         self.path = history_path(self.config)
         self.session = uuid.uuid4().hex
         self.store = HistoryStore(self.path)
@@ -163,6 +163,11 @@ class HistoryService:
             supervisor.journal.history_row = self.row
         supervisor.add_listener(self._on_event)
         supervisor.control.register("history", self._on_request)
+
+    @property
+    def config(self) -> SystemConfig:
+        """The system's config as of now (a reload replaces it)."""
+        return self._supervisor.config
 
     # -- Service ------------------------------------------------------------------------------------------
     async def start(self) -> None:

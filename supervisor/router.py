@@ -56,6 +56,8 @@ class Route:
     filter: Predicate | None = None
     transform: Transform | None = None
     stop_condition: Predicate | None = None
+    # Made from the config's `connections:` (replaced on reload), not by `>>` in Python.
+    from_config: bool = False
     # Invariant: an inactive route is no longer in its router (disconnected, or its stop condition matched).
     active: bool = field(default=True, init=False)
 
@@ -86,7 +88,7 @@ class Router:
         # With a journal, every unit is written before it is acknowledged or forwarded (durability sync/batch).
         self._journal = journal
         self._retry = retry or (lambda agent: RetryConfig())
-        self._max_hops = max_hops
+        self.max_hops = max_hops
         self._spawn_task = spawn_task
         self._on_event = on_event
         self._routes: dict[str, list[Route]] = {name: [] for name in slots}
@@ -116,6 +118,29 @@ class Router:
         routes = self._routes.get(route.source, [])
         if route in routes:
             routes.remove(route)
+
+    def add_agent(self, name: str) -> None:
+        """Route to and from `name`, whose slot the supervisor just added to the shared slots."""
+        self._routes.setdefault(name, [])
+        self._pending.setdefault(name, set())
+
+    def remove_agent(self, name: str) -> None:
+        """Stop routing to and from `name` (its runs in flight go on; new sends get UnknownAgentError)."""
+        for routes in list(self._routes.values()):
+            for route in list(routes):
+                if name in (route.source, route.target):
+                    self.disconnect(route)
+        self._routes.pop(name, None)
+        self._pending.pop(name, None)
+
+    def replace_config_routes(self, agents: set[str], routes: list[Route]) -> None:
+        """Replace the config-made routes leaving `agents` with `routes` (a reload); Python-made routes stay."""
+        for agent in agents:
+            for route in list(self._routes.get(agent, ())):
+                if route.from_config:
+                    self.disconnect(route)
+        for route in routes:
+            self.connect(route)
 
     def routes(self, agent: str) -> list[Route]:
         return list(self._routes.get(agent, ()))
@@ -365,9 +390,9 @@ class Router:
         if not routes:
             return []
         hops = result["hops"]
-        if hops + 1 > self._max_hops:
+        if hops + 1 > self.max_hops:
             logger.bind(agent=result["agent"]).warning(
-                "trace {} reached max_hops={}; not forwarding", trace.id, self._max_hops
+                "trace {} reached max_hops={}; not forwarding", trace.id, self.max_hops
             )
             self._on_event({"event": "max_hops", "agent": result["agent"], "trace_id": trace.id, "hops": hops})
             return []

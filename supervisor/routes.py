@@ -26,4 +26,5 @@ def _route(source: str, connection: ConnectionConfig, base_dir: str) -> Route:
         filter=conditions.predicate(connection.filter, base_dir),
         transform=conditions.transform(connection.transform, base_dir),
         stop_condition=conditions.predicate(connection.stop_condition, base_dir),
+        from_config=True,
     )

@@ -1,9 +1,10 @@
 """`llmling up` in the foreground: run a Supervisor until SIGINT/SIGTERM or a `stop` request.
 
 Signal handlers only request: the first SIGINT/SIGTERM starts a graceful shutdown, a second one skips the
-drain. `serve` returns the count of accepted runs the drain could not finish (they stay in the journal).
-Under systemd (`NOTIFY_SOCKET` set) it speaks the notify protocol: READY=1, STATUS=, WATCHDOG=1 from this
-loop, STOPPING=1 (see `notify.py`).
+drain; SIGHUP reloads the config file (as `llmling reload` does); with `watch_config` a change of the file
+reloads it too (debounced). `serve` returns the count of accepted runs the drain could not finish (they stay
+in the journal). Under systemd (`NOTIFY_SOCKET` set) it speaks the notify protocol: READY=1, STATUS=,
+WATCHDOG=1 from this loop, STOPPING=1 (see `notify.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -30,6 +32,7 @@ async def serve(
     socket: str | os.PathLike[str] | None = None,
     on_event: Callable[[Message], None] | None = None,
     log_level: str = "INFO",
+    watch_config: bool = False,
 ) -> int:
     """Run the system until it is asked to stop (also while it starts). Raises StartupError when it cannot
     start. Returns how many accepted runs were left without an outcome (kept in the journal, or lost with
@@ -51,21 +54,43 @@ async def serve(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+    watcher: asyncio.Task[None] | None = None
     try:
         try:
             await supervisor.start()
         except StartupInterrupted:
             return 0  # asked to stop while starting: a requested shutdown, not a failure
+        if watch_config and config.source is not None:
+            # Owned here and ended below, like the watchdog.
+            watcher = asyncio.create_task(_watch_config(config.source, supervisor), name="config-watch")
         await supervisor.wait_stopped()
         return supervisor.left
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if watchdog is not None:
-            watchdog.cancel()
-            await asyncio.wait({watchdog})
+        for task in (watchdog, watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
         if notifier is not None:
             notifier.close()
+
+
+# Milliseconds without a further change before a saved config is reloaded (an editor writes in bursts).
+RELOAD_DEBOUNCE_MS = 300
+
+
+async def _watch_config(path: Path, supervisor: Supervisor) -> None:
+    """Reload the system whenever the config file changes (`up --reload`)."""
+    from watchfiles import awatch
+
+    # `path` is absolute (the loader resolved it). The folder, not the file: editors replace the file (a new
+    # inode) when they save.
+    async for changes in awatch(path.parent, debounce=RELOAD_DEBOUNCE_MS, recursive=False):
+        if any(os.path.basename(changed) == path.name for _, changed in changes):
+            supervisor.log.info("{} changed; reloading", path.name)
+            supervisor.request_reload()
 
 
 def run(config: SystemConfig, **kwargs: Any) -> int:

@@ -488,6 +488,15 @@ class AgentSlot:
         self._wake.set()  # from a backoff nap or from giving up
         await outcome
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` until no run is in flight in the process; True when none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def stop(self, grace: float) -> None:
         """Ask the process to exit, escalate after `grace`; the slot's task then ends."""
         self._stopping = True

@@ -33,8 +33,9 @@ from llmling.supervisor.history import HistoryService
 from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
 from llmling.supervisor.restarts import RestartRequests
-from llmling.supervisor.router import Router
+from llmling.supervisor.router import Route, Router
 from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot, SlotPolicy
@@ -73,16 +74,7 @@ class Supervisor:
         # frame is an agent's hello may stay; once authenticated it is trusted (see _on_message).
         self._server = UnixServer(self.socket_path, self._on_message, exempt=_is_agent_hello)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
-        self.slots = {
-            name: AgentSlot(
-                name,
-                self._spec_maker(name),
-                self._spawner,
-                self.emit,
-                SlotPolicy.from_config(config, config.agents[name]),
-            )
-            for name in config.agents
-        }
+        self.slots = {name: self._new_slot(name) for name in config.agents}
         # The journal of accepted units (durability sync/batch): written before a unit is acknowledged or
         # forwarded, read back by the next start. Opened in `_run` (a journal that cannot open fails the start).
         self.journal = (
@@ -97,11 +89,11 @@ class Supervisor:
             self._spawn_task,
             self.emit,
             journal=self.journal,
-            retry=lambda agent: config.agents[agent].retry,
+            # As of now: a reload replaces the config.
+            retry=lambda agent: self.config.agents[agent].retry,
         )
-        for name, agent in config.agents.items():
-            for connection in agent.connections:
-                self.router.connect(route_from_config(name, connection, str(config.base_dir)))
+        for route in self._config_routes(config, set(config.agents)):
+            self.router.connect(route)
         self.control = Control(self.router, self.status, self.request_stop, self._spawn_task)
         # `llmling restart AGENT`: in-flight runs get the drain's time to finish.
         RestartRequests(self.control, self.router, config.shutdown_timeout, self._spawn_task)
@@ -129,6 +121,9 @@ class Supervisor:
         self.dead_letters = DeadLetters(self)
         self.triggers = Triggers(self)
         self.background = BackgroundRuns(self)
+        # `reload` (and SIGHUP / `up --reload` through `serve.py`): re-read the config file, apply the change.
+        self.reloader = Reloader(self)
+        self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -153,7 +148,18 @@ class Supervisor:
         if self._group is None:
             coro.close()
             raise RuntimeError("the supervisor is not running")
-        return self._group.create_task(coro, name=name)
+        return self._group.create_task(self._guarded(coro), name=name)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """The one guard of every request, run and service task: a failure is logged, never raised into the
+        root group (where it would cancel the whole system)."""
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("task failed")
+            return None
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a request (a client's send, a downstream run) as a task of the root group; the shutdown
@@ -165,11 +171,30 @@ class Supervisor:
 
     spawn_request = _spawn_task
 
-    def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
-        agent = self.config.agents[name]
-        register_secrets(agent)  # masked in every log line of this process from now on
+    def _new_slot(self, name: str) -> AgentSlot:
+        return AgentSlot(
+            name,
+            self._spec_maker(name),
+            self._spawner,
+            self.emit,
+            SlotPolicy.from_config(self.config, self.config.agents[name]),
+        )
 
+    @staticmethod
+    def _config_routes(config: SystemConfig, agents: set[str]) -> list[Route]:
+        """The routes of `agents`' `connections:` (raises StartupError naming one that cannot be imported)."""
+        return [
+            route_from_config(name, connection, str(config.base_dir))
+            for name, agent in config.agents.items()
+            if name in agents
+            for connection in agent.connections
+        ]
+
+    def _spec_maker(self, name: str) -> Callable[[str], AgentSpec]:
         def make(token: str) -> AgentSpec:
+            # The config as of this (re)start: a reload changes what the next process gets.
+            agent = self.config.agents[name]
+            register_secrets(agent)  # masked in every log line of this process from now on
             local = agent.local_model
             # Served here: the agent talks to the model service as to any OpenAI-compatible server.
             config = agent.model_copy(update={"model": f"openai/{local}"}) if local else agent
@@ -204,6 +229,63 @@ class Supervisor:
                 peer.close()
         else:
             self.control.handle(peer, message)
+
+    # -- reload ---------------------------------------------------------------------------------------------
+    def request_reload(self, peer: Peer | None = None, message: Message | None = None) -> None:
+        """Re-read the config file and apply it, on a task of the root group (SIGHUP, `up --reload`, the
+        `reload` request, which gets the outcome as its answer). A refused reload changes nothing; it is
+        logged and reported as a `reload_failed` event."""
+        if self._group is None or self.stopping:
+            if peer is not None and message is not None:
+                peer.reply(message, {"t": "error", "error": "the system is not running"})
+            return
+
+        async def reload() -> None:
+            try:
+                plan = await self.reloader.reload()
+            except LLMlingError as exc:
+                self.log.error("reload refused: {}", exc)
+                self.emit({"event": "reload_failed", "name": self.config.name, "error": str(exc)})
+                if peer is not None and message is not None:
+                    peer.reply(message, {"t": "error", "error": str(exc)})
+                return
+            if peer is not None and message is not None:
+                peer.reply(message, {"t": "ok", "summary": plan.summary(), **plan.info()})
+
+        self._spawn_task(reload())
+
+    async def apply_config(self, new: SystemConfig, plan: ReloadPlan) -> None:
+        """Apply a planned reload (see `reload.py`): what goes away first, then the agents, then what routes
+        and fires runs. Raises ReloadError when a new route cannot be imported (then nothing was changed)."""
+        if self._group is None:
+            raise ReloadError("the system is not running")
+        touched = set(plan.routes) - set(plan.removed)
+        try:
+            routes = self._config_routes(new, touched)
+        except StartupError as exc:
+            raise ReloadError(f"{exc}; nothing was changed") from None
+        self.config = new
+        self.router.max_hops = new.max_hops
+        drain = new.shutdown_timeout
+        self.background.stop_jobs(plan.background)
+        await self.triggers.stop_kinds(plan.trigger_kinds)
+        for name in plan.removed:
+            self.router.remove_agent(name)
+        for name in plan.removed:
+            slot = self.slots[name]
+            await slot.drain(drain)
+            await slot.stop(AGENT_GRACE)
+            del self.slots[name]
+            fd_budget().agents -= 1
+        for name in plan.added:
+            slot = self.slots[name] = self._new_slot(name)
+            fd_budget().agents += 1
+            self.router.add_agent(name)
+            self._group.create_task(slot.run(), name=f"slot-{name}")
+        await asyncio.gather(*(self.slots[name].restart(drain) for name in plan.changed))
+        self.router.replace_config_routes(touched, routes)
+        await self.triggers.start_kinds(new, plan.trigger_kinds)
+        self.background.start_jobs(new, plan.background)
 
     def status(self) -> Message:
         return {

@@ -261,9 +261,15 @@ async def test_fan_out_chain_and_disconnect(tmp_path: Path) -> None:
             ("summarizer", "summary of analysis of three"),
             ("shouter", "SUMMARY OF ANALYSIS OF THREE"),
         ]
-        chain.disconnect()  # removes summarizer >> shouter; analyzer >> summarizer stays
+        assert [(r.source, r.target) for r in chain.routes] == [
+            ("analyzer", "summarizer"),
+            ("summarizer", "shouter"),
+        ]
+        chain.disconnect()  # removes every link the chain made
+        assert not chain.active
+        assert analyzer.connections == [] and summarizer.connections == []
         result = await analyzer.run("four", wait_for_connections=True)
-        assert [m.agent for m in result.downstream] == ["summarizer"]
+        assert result.downstream == ()
 
 
 async def test_yaml_mapping_form_filter_transform_stop(tmp_path: Path) -> None:

@@ -123,12 +123,15 @@ def check_structure(unit: configparser.RawConfigParser, shutdown_timeout: float)
     executable, *args = service["ExecStart"].split()
     assert Path(executable).is_absolute()
     assert args[-2] == "up" and Path(args[-1]).is_absolute()
+    reload_executable, *reload_args = service["ExecReload"].split()
+    assert reload_executable == executable and reload_args == ["reload"]
 
 
 def test_unit_structure(tmp_path: Path) -> None:
     config = tmp_path / "agents.yml"
     config.write_text(ECHO.replace("shutdown_timeout: 7", "name: demo\nshutdown_timeout: 7"))
-    unit = parse_unit(unit_text(config))
+    text = unit_text(config)
+    unit = parse_unit(text)
     check_structure(unit, 7)
     service = unit["Service"]
     executable, *args = service["ExecStart"].split()
@@ -136,7 +139,12 @@ def test_unit_structure(tmp_path: Path) -> None:
     assert service["ProtectSystem"] == "strict"
     assert str(tmp_path) in service["ReadWritePaths"]
     assert service["WorkingDirectory"] == str(tmp_path)
-    assert "LLMLING_SOCKET=%t/llmling/demo.sock" in service["Environment"]
+    environment = [
+        line.removeprefix("Environment=") for line in text.splitlines() if line.startswith("Environment=")
+    ]
+    assert "LLMLING_SOCKET=%t/llmling/demo.sock" in environment
+    # History and the journal in the unit's state directory, not the (read-only) home.
+    assert "XDG_STATE_HOME=%S" in environment
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
     user = parse_unit(unit_text(config, "--user"))

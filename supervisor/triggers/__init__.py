@@ -15,6 +15,7 @@ from llmling.supervisor.control import field
 from llmling.supervisor.triggers.base import TriggerHost, TriggerState, UnknownTriggerError
 
 if TYPE_CHECKING:
+    from llmling.config import SystemConfig
     from llmling.supervisor.system import Supervisor
 
 Message = dict[str, Any]
@@ -46,18 +47,50 @@ class Triggers:
     """Every configured trigger of a system, by (agent, name), and one service per kind in use."""
 
     def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
         self.host = TriggerHost(supervisor)
         self.states: dict[tuple[str, str], TriggerState] = {}
-        by_kind: dict[str, list[TriggerState]] = {}
-        for agent_name, agent in supervisor.config.agents.items():
-            for config in agent.triggers:
-                state = TriggerState(agent_name, config)
-                self.states[(agent_name, config.name)] = state
-                by_kind.setdefault(config.type, []).append(state)
-        self.services = [load_kind(kind)(self.host, states) for kind, states in by_kind.items()]
-        supervisor.services.extend(self.services)
+        # Invariant: one service per kind that has triggers; each is also in the supervisor's services.
+        self.services: dict[str, TriggerService] = {}
+        for kind, states in self._states_by_kind(supervisor.config, set(TRIGGER_KINDS)).items():
+            self.services[kind] = service = load_kind(kind)(self.host, states)
+            supervisor.services.append(service)
         supervisor.control.register("trigger", self._on_trigger)
         supervisor.control.register("triggers", self._on_list)
+
+    def _states_by_kind(self, config: SystemConfig, kinds: set[str]) -> dict[str, list[TriggerState]]:
+        """A state per trigger of `kinds` in `config`, registered; one whose config is unchanged is kept
+        (with its counters and enabled state)."""
+        by_kind: dict[str, list[TriggerState]] = {}
+        for agent_name, agent in config.agents.items():
+            for trigger in agent.triggers:
+                if trigger.type not in kinds:
+                    continue
+                state = self.states.get((agent_name, trigger.name))
+                if state is None or state.config != trigger:
+                    state = TriggerState(agent_name, trigger)
+                self.states[(agent_name, trigger.name)] = state
+                by_kind.setdefault(trigger.type, []).append(state)
+        return by_kind
+
+    # -- reload ---------------------------------------------------------------------------------------------
+    async def stop_kinds(self, kinds: tuple[str, ...]) -> None:
+        """Stop the services of `kinds` (a reload changed their triggers); their runs in flight go on."""
+        for kind in kinds:
+            service = self.services.pop(kind, None)
+            if service is not None:
+                self._supervisor.services.remove(service)
+                await service.stop()
+
+    async def start_kinds(self, config: SystemConfig, kinds: tuple[str, ...]) -> None:
+        """Start the services of `kinds` from `config` (after `stop_kinds`)."""
+        kept = {key: state for key, state in self.states.items() if state.kind not in kinds}
+        by_kind = self._states_by_kind(config, set(kinds))
+        self.states = {**kept, **{(s.agent, s.name): s for states in by_kind.values() for s in states}}
+        for kind, states in by_kind.items():
+            self.services[kind] = service = load_kind(kind)(self.host, states)
+            self._supervisor.services.append(service)
+            await service.start()
 
     def get(self, agent: str, name: str) -> TriggerState:
         """Raises UnknownAgentError or UnknownTriggerError."""
