@@ -56,6 +56,7 @@ async def serve(
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
     watcher: asyncio.Task[None] | None = None
+    loaded = _mtime(config.source) if watch_config and config.source is not None else None
     try:
         try:
             await supervisor.start()
@@ -63,7 +64,7 @@ async def serve(
             return 0  # asked to stop while starting: a requested shutdown, not a failure
         if watch_config and config.source is not None:
             # Owned here and ended below, like the watchdog.
-            watcher = asyncio.create_task(_watch_config(config.source, supervisor), name="config-watch")
+            watcher = asyncio.create_task(_watch_config(config.source, supervisor, loaded), name="config-watch")
         await supervisor.wait_stopped()
         return supervisor.left
     finally:
@@ -81,16 +82,31 @@ async def serve(
 RELOAD_DEBOUNCE_MS = 300
 
 
-async def _watch_config(path: Path, supervisor: Supervisor) -> None:
-    """Reload the system whenever the config file changes (`up --reload`)."""
+async def _watch_config(path: Path, supervisor: Supervisor, loaded: int | None) -> None:
+    """Reload the system whenever the config file changes (`up --reload`). `loaded` is the file's mtime (ns)
+    when it was read: a save between that and the moment the watcher runs is caught by it."""
     from watchfiles import awatch
 
+    watching = False
     # `path` is absolute (the loader resolved it). The folder, not the file: editors replace the file (a new
-    # inode) when they save.
-    async for changes in awatch(path.parent, debounce=RELOAD_DEBOUNCE_MS, recursive=False):
-        if any(os.path.basename(changed) == path.name for _, changed in changes):
+    # inode) when they save. `yield_on_timeout`: an empty batch tells when the watcher is running.
+    async for changes in awatch(
+        path.parent, debounce=RELOAD_DEBOUNCE_MS, recursive=False, yield_on_timeout=True, rust_timeout=1000
+    ):
+        changed = any(os.path.basename(changed) == path.name for _, changed in changes)
+        if not watching:
+            watching = True
+            changed = changed or _mtime(path) != loaded
+        if changed:
             supervisor.log.info("{} changed; reloading", path.name)
             supervisor.request_reload()
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def run(config: SystemConfig, **kwargs: Any) -> int:

@@ -141,7 +141,7 @@ def test_up_reload_watches_the_file(systems) -> None:  # type: ignore[no-untyped
 
 
 def test_changed_agent_finishes_its_run_in_flight(systems) -> None:  # type: ignore[no-untyped-def]
-    slow = BASE.replace("cb:upper", "cb:slow")
+    slow = BASE.replace("cb:upper", "cb:slow\n    env_passthrough: [SLOW_SECONDS]")
     system = systems.start(slow, env={"SLOW_SECONDS": "2"})
     waiting = subprocess.Popen(
         [*llmling_command(), "send", "--socket", str(system.socket), "summarizer", "work"],
