@@ -24,6 +24,8 @@ OnChunk = Callable[[Message], None]
 
 # Seconds a connection closed after an error frame gets to take it before it is aborted.
 CLOSE_GRACE = 2.0
+# Seconds `connect` keeps trying a listener whose backlog is full before it gives up.
+CONNECT_BUSY_WAIT = 10.0
 
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
@@ -249,8 +251,23 @@ class Peer(asyncio.Protocol):
         await asyncio.shield(self._closed)
 
 
-async def connect(path: str | os.PathLike[str], on_message: OnMessage, **kwargs: Any) -> Peer:
-    """Connect to a Unix socket server; raises OSError when nobody listens there."""
+async def connect(
+    path: str | os.PathLike[str], on_message: OnMessage, busy_wait: float = CONNECT_BUSY_WAIT, **kwargs: Any
+) -> Peer:
+    """Connect to a Unix socket server; raises OSError when nobody listens there.
+
+    A listener whose backlog is full (EAGAIN: it is flooded, or paused while its descriptors run short) is
+    tried again, backing off, for up to `busy_wait` seconds: it is there, only busy.
+    """
     loop = asyncio.get_running_loop()
-    _, peer = await loop.create_unix_connection(lambda: Peer(on_message, **kwargs), os.fspath(path))
-    return peer
+    deadline = loop.time() + busy_wait
+    delay = 0.01
+    while True:
+        try:
+            _, peer = await loop.create_unix_connection(lambda: Peer(on_message, **kwargs), os.fspath(path))
+            return peer
+        except BlockingIOError:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)

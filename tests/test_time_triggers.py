@@ -302,7 +302,7 @@ async def test_cron_trigger_in_a_zone_runs_in_a_system(tmp_path: Path, sock_path
     )
     assert load_config(path).agents["reporter"].triggers[0].timezone == "Asia/Tokyo"
     async with AgentPool(load_config(path), socket=sock_path) as pool:
-        (service,) = pool.supervisor.triggers.services
+        (service,) = pool.supervisor.triggers.services.values()
         for _ in range(3):  # let the task compute its first tick
             await asyncio.sleep(0)
         assert service.tasks and not any(task.done() for task in service.tasks)
