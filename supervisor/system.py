@@ -31,6 +31,7 @@ from llmling.supervisor.events import EventStream
 from llmling.supervisor.history import HistoryService
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.observers import add_observers
 from llmling.supervisor.router import Router
 from llmling.supervisor.routes import route_from_config
 from llmling.supervisor.service import Service
@@ -108,6 +109,8 @@ class Supervisor:
         self.services.append(self.logs)
         self.triggers = Triggers(self)
         self.background = BackgroundRuns(self)
+        # Prometheus `/metrics` (`metrics:`) and OpenTelemetry spans (`telemetry:`), when configured.
+        add_observers(self)
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
