@@ -11,6 +11,7 @@ import click
 
 from llmling.cli.automation import background, trigger
 from llmling.cli.complete import agent_names
+from llmling.cli.dashboard import dashboard
 from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
@@ -31,11 +32,12 @@ def main() -> None:
 @click.option("--socket", "socket_", envvar="LLMLING_SOCKET", help="control socket path")
 @click.option("--log-level", default="INFO", show_default=True, help="loguru level for supervisor and agents")
 @click.option("--quiet", "-q", is_flag=True, help="no start-up progress")
-def up(config: str, socket_: str | None, log_level: str, quiet: bool) -> None:
+@click.option("--dashboard", metavar="[HOST:]PORT", help="also serve the web dashboard there (with a token)")
+def up(config: str, socket_: str | None, log_level: str, quiet: bool, dashboard: str | None) -> None:
     """Run the system of CONFIG in the foreground until Ctrl+C or `llmling stop`."""
     from llmling.cli.up import run_up
 
-    sys.exit(run_up(config, socket_, log_level, quiet))
+    sys.exit(run_up(config, socket_, log_level, quiet, dashboard))
 
 
 @main.command()
@@ -198,8 +200,8 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-# Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit, logs):
+# Automation: live events, triggers, background runs, the systemd unit, the web dashboard.
+for _command in (watch, trigger, background, systemd_unit, logs, dashboard):
     main.add_command(_command)
 
 
