@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/agents.yml
 
-.PHONY: install up test lint bench lock clean
+.PHONY: install up test test-browser lint bench lock clean
 
 $(STAMP): requirements.lock requirements-model.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, installed with apt when missing,
+# which needs root); writes docs/dashboard.png. `make test` skips it.
+test-browser: $(STAMP)
+	@if ! test -x /usr/bin/chromium || ! test -x /usr/bin/chromedriver; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+	LLMLING_BROWSER_TESTS=1 $(BIN)/python -m pytest tests/test_dashboard_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -207,7 +207,9 @@ class Dashboard:
 
     async def _triggers(self, request: web.Request) -> web.Response:
         reply = await self._ask({"t": "triggers"})
-        return web.json_response({"triggers": reply.get("triggers") or []})
+        keys = ("agent", "name", "type", "enabled", "fired", "skipped", "failed", "rejected", "in_flight")
+        shown = [{key: t.get(key) for key in keys} for t in reply.get("triggers") or () if isinstance(t, dict)]
+        return web.json_response({"triggers": shown})
 
     async def _history(self, request: web.Request) -> web.Response:
         """Finished runs of one agent (or every agent) whose prompt or reply contains `q`, newest first."""

@@ -151,6 +151,12 @@ class DashboardState:
             return
         end = RunEnd.of(event)
         if end is not None:
+            if end.ok:
+                self._count(end)
+            else:
+                self.failed[end.agent] = self.failed.get(end.agent, 0) + 1
+            if end.ok and end.seconds is not None:
+                self.durations.setdefault(end.agent, deque(maxlen=DURATIONS)).append(end.seconds)
             node = self._node(end.trace_id, end.id, end.agent, end.parent_id, end.started_at or end.ended_at)
             if node is None:
                 return
@@ -160,10 +166,6 @@ class DashboardState:
             node.cost, node.tokens = end.cost, end.prompt_tokens + end.completion_tokens
             node.prompt = node.prompt or preview(end.prompt)
             node.content = preview(end.content or end.error)
-            if not end.ok:
-                self.failed[end.agent] = self.failed.get(end.agent, 0) + 1
-            elif end.seconds is not None:
-                self.durations.setdefault(end.agent, deque(maxlen=DURATIONS)).append(end.seconds)
             return
         if kind in (adapter.DEAD_LETTER_EVENT, adapter.RETRY_EVENT):
             trace_id, run_id = str(event.get("trace_id")), str(event.get("id"))
@@ -171,6 +173,18 @@ class DashboardState:
             if node is not None:
                 node.status = "dead" if kind == adapter.DEAD_LETTER_EVENT else "retrying"
                 node.error = preview(event.get("reason") or event.get("error"))
+
+    def _count(self, end: RunEnd) -> None:
+        """Add a finished run to the status's totals until the next poll brings the supervisor's own."""
+        totals = (self.status or {}).get("totals")
+        if not isinstance(totals, dict):
+            return
+        entry = totals.setdefault(end.agent, {})
+        entry["runs"] = (adapter.as_int(entry.get("runs")) or 0) + 1
+        tokens = end.prompt_tokens + end.completion_tokens
+        entry["total_tokens"] = (adapter.as_int(entry.get("total_tokens")) or 0) + tokens
+        if end.cost is not None:
+            entry["cost"] = (adapter.as_float(entry.get("cost")) or 0.0) + end.cost
 
     def _node(
         self, trace_id: str, run_id: str, agent: str, parent_id: str | None, at: float | None = None

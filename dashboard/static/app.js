@@ -219,7 +219,7 @@ async function loadTriggers() {
   try {
     const data = await api("/api/triggers");
     body.replaceChildren(...data.triggers.map((t) => el("tr", { "data-trigger": `${t.agent}/${t.name}` },
-      el("td", {}, t.agent), el("td", {}, t.name), el("td", {}, t.kind), el("td", {}, fmt.num(t.fired)),
+      el("td", {}, t.agent), el("td", {}, t.name), el("td", {}, t.type), el("td", {}, fmt.num(t.fired)),
       el("td", {}, fmt.num(t.failed)), el("td", { class: "trigger-state" }, t.enabled ? "enabled" : "disabled"),
       el("td", {}, el("button", {
         class: "toggle", onclick: async () => {
