@@ -5,11 +5,13 @@ Imports aiohttp and prometheus-client when it runs; never litellm, pydantic or t
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 
 import click
 
+from llmling.dashboard import TOKEN_ENV
 from llmling.ipc.paths import SOCKET_ENV
 
 
@@ -21,8 +23,8 @@ def parse_address(value: str) -> tuple[str, int]:
     """`[HOST:]PORT` → (host, port); the host defaults to 127.0.0.1. Raises click.BadParameter."""
     host, _, port = value.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{value!r}: expected [HOST:]PORT with a port from 1 to 65535")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"{value!r}: expected [HOST:]PORT with a port from 0 (any free one) to 65535")
     return host, int(port)
 
 
@@ -52,7 +54,8 @@ def dashboard(
     path = target_socket(config, name, socket_) or resolve(name, socket_)
     from llmling.dashboard.auth import UnsafeBind, check_bind
 
-    token = None if no_token else new_token()
+    # `up --dashboard` hands its child the token in the environment (never on a command line).
+    token = None if no_token else os.environ.pop(TOKEN_ENV, None) or new_token()
     try:
         check_bind(host, token)
     except UnsafeBind as exc:
@@ -64,7 +67,7 @@ def dashboard(
     try:
         uvloop.run(run(Dashboard(str(path), host, port, token), announce))
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl+C, or SIGTERM (below): the dashboard stops, the system goes on
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     sys.exit(0)

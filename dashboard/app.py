@@ -33,6 +33,8 @@ MAX_STREAMS = 32
 HISTORY_SEARCHED = 500
 POLL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
+# Feed entries written to a live-stream client in one write at most.
+SSE_BATCH = 200
 
 
 class BadInput(web.HTTPBadRequest):
@@ -91,6 +93,11 @@ class Dashboard:
     # -- life -----------------------------------------------------------------------------------------------
     async def start(self, spawn: Spawn) -> None:
         """Listen, subscribe and poll; raises OSError when host:port cannot be bound."""
+        await self.listen()
+        self.begin(spawn)
+
+    async def listen(self) -> None:
+        """Bind host:port and serve; raises OSError when it cannot be bound."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -103,6 +110,9 @@ class Dashboard:
         server = getattr(site, "_server", None)
         if self.port == 0 and server is not None and server.sockets:
             self.port = int(server.sockets[0].getsockname()[1])
+
+    def begin(self, spawn: Spawn) -> None:
+        """Start the subscription and the status poll as tasks of the caller's group."""
         self._tasks = [spawn(self.source.run()), spawn(self._poll())]
 
     async def stop(self) -> None:
@@ -187,9 +197,14 @@ class Dashboard:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if entry is None:
+                batch = [entry]
+                while not queue.empty() and len(batch) < SSE_BATCH:  # one write for what piled up meanwhile
+                    batch.append(queue.get_nowait())
+                if None in batch:
                     break
-                await response.write(f"data: {json.dumps(entry, ensure_ascii=False)}\n\n".encode())
+                await response.write(
+                    "".join(f"data: {json.dumps(item, ensure_ascii=False)}\n\n" for item in batch).encode()
+                )
         except ConnectionResetError:
             pass  # the client went away
         finally:
@@ -286,8 +301,9 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 
 async def run(dashboard: Dashboard, on_listening: Callable[[str], None]) -> None:
     """Serve until cancelled (Ctrl+C); owns the dashboard's tasks. Raises OSError when the port is taken."""
+    await dashboard.listen()
     async with asyncio.TaskGroup() as group:
-        await dashboard.start(group.create_task)
+        dashboard.begin(group.create_task)
         try:
             on_listening(dashboard.url)
             await asyncio.Event().wait()

@@ -1,17 +1,23 @@
-"""OpenTelemetry: one span per run, exported over OTLP/HTTP by a BatchSpanProcessor (its own thread).
+"""OpenTelemetry: the telemetry worker process, which turns run records into spans and exports them over
+OTLP/HTTP with a BatchSpanProcessor.
 
-Built from supervisor events, off the hop path: a run's span is made when its outcome is reported (its start is
-the outcome's time minus the run's duration), handed to the batch processor's queue, and exported later by the
-processor's thread. Ids are derived from llmling's: the trace id is the trace's 128-bit hex id; a run's span id
-is the first 64 bits of the SHA-256 of its run id, so a downstream run's span names its parent's span by the
-parent's run id, without any state shared between them. Imported only when `telemetry:` is set.
+`python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads one JSON run record a line on stdin (written
+by the supervisor's TelemetryService, see `record()`), makes one span per record and hands it to the batch
+processor, whose thread exports it. At EOF (the supervisor stopped, or died: its end of the pipe closes) it
+exports what is left and exits. The SDK's cost (~0.1 ms to make a span, more to encode it) is paid here, on
+another core, never in the supervisor's loop.
+
+Ids are derived from llmling's: the trace id is the trace's 128-bit hex id; a run's span id is the first 64 bits
+of the SHA-256 of its run id, so a downstream run's span names its parent's span by the parent's run id,
+without any state shared between them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections import OrderedDict
+import json
+import logging
+import sys
 from typing import Any
 
 from opentelemetry import trace
@@ -22,12 +28,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from llmling.observe.runs import RunEnd, RunStart
+from llmling.observe.records import RunRecord
 
-Message = dict[str, Any]
-# Runs started and not finished whose start time is kept (for the span of a failed run); oldest dropped first.
-REMEMBERED_STARTS = 10_000
-# Seconds the export of the last spans may take at stop.
+# Milliseconds the export of the last spans may take at the end.
 FLUSH_TIMEOUT_MS = 5_000
 
 
@@ -60,84 +63,76 @@ class _RunIds(IdGenerator):
         return self.trace_id
 
 
-class Telemetry:
-    """A supervisor listener and Service: runs become spans; `stop()` exports what is left."""
-
-    name = "telemetry"
+class SpanWriter:
+    """Run records → spans, through one TracerProvider with a BatchSpanProcessor and the OTLP/HTTP exporter."""
 
     def __init__(self, endpoint: str, service_name: str) -> None:
-        self.endpoint = f"{endpoint}/v1/traces"
-        self.service_name = service_name
         self._ids = _RunIds()
-        self._provider: TracerProvider | None = None
-        self._tracer: trace.Tracer | None = None
-        self._starts: OrderedDict[str, RunStart] = OrderedDict()
-
-    async def start(self) -> None:
-        # Made here, after the forkserver started: the processor's thread is never forked into an agent.
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": self.service_name}), id_generator=self._ids
+        self.provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}), id_generator=self._ids
         )
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint)))
-        self._provider = provider
-        self._tracer = provider.get_tracer("llmling")
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+        self._tracer = self.provider.get_tracer("llmling")
 
-    async def stop(self) -> None:
-        """Export the spans still queued (bounded by FLUSH_TIMEOUT_MS), then stop the processor's thread."""
-        provider, self._provider, self._tracer = self._provider, None, None
-        if provider is not None:
-            await asyncio.to_thread(provider.force_flush, FLUSH_TIMEOUT_MS)
-            await asyncio.to_thread(provider.shutdown)
-
-    def on_event(self, event: Message) -> None:
-        if self._tracer is None:
-            return
-        kind = event.get("event")
-        if kind == "run_started":
-            start = RunStart.of(event)
-            if start is not None and start.id not in self._starts:  # a redelivery keeps the first start
-                self._starts[start.id] = start
-                if len(self._starts) > REMEMBERED_STARTS:
-                    self._starts.popitem(last=False)
-            return
-        end = RunEnd.of(event)
-        if end is not None:
-            self._span(end, self._starts.pop(end.id, None))
-
-    def _span(self, end: RunEnd, start: RunStart | None) -> None:
-        assert self._tracer is not None
-        started = end.started_at or (start.started_at if start else end.ended_at)
-        parent_id = end.parent_id or (start.parent_id if start else None)
-        trace_id = trace_id_of(end.trace_id)
+    def write(self, run: RunRecord) -> None:
+        trace_id = trace_id_of(run.trace_id)
         context = None
-        if parent_id is not None:
-            parent = SpanContext(trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1))
+        if run.parent_id is not None:
+            parent = SpanContext(trace_id, span_id_of(run.parent_id), is_remote=True, trace_flags=TraceFlags(1))
             context = trace.set_span_in_context(NonRecordingSpan(parent))
-        self._ids.trace_id, self._ids.span_id = trace_id, span_id_of(end.id)
+        self._ids.trace_id, self._ids.span_id = trace_id, span_id_of(run.id)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": end.agent,
-            "gen_ai.usage.input_tokens": end.prompt_tokens,
-            "gen_ai.usage.output_tokens": end.completion_tokens,
-            "llmling.run.id": end.id,
-            "llmling.trace_id": end.trace_id,
-            "llmling.attempt": end.attempt,
-            "llmling.outcome": end.outcome,
+            "gen_ai.agent.name": run.agent,
+            "gen_ai.usage.input_tokens": run.prompt_tokens,
+            "gen_ai.usage.output_tokens": run.completion_tokens,
+            "llmling.run.id": run.id,
+            "llmling.trace_id": run.trace_id,
+            "llmling.attempt": run.attempt,
+            "llmling.outcome": run.outcome,
         }
-        if end.cost is not None:
-            attributes["llmling.cost_usd"] = end.cost
-        if end.hops is not None:
-            attributes["llmling.hops"] = end.hops
+        if run.cost is not None:
+            attributes["llmling.cost_usd"] = run.cost
+        if run.hops is not None:
+            attributes["llmling.hops"] = run.hops
         span = self._tracer.start_span(
-            f"invoke_agent {end.agent}",
+            f"invoke_agent {run.agent}",
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
-            start_time=int(started * 1e9),
+            start_time=int(run.started_at * 1e9),
         )
-        if not end.ok:
-            span.set_status(Status(StatusCode.ERROR, end.error))
-        span.end(end_time=int(end.ended_at * 1e9))
+        if run.outcome != "ok":
+            span.set_status(Status(StatusCode.ERROR, run.error))
+        span.end(end_time=int(run.ended_at * 1e9))
+
+    def close(self) -> None:
+        self.provider.force_flush(FLUSH_TIMEOUT_MS)
+        self.provider.shutdown()
 
 
-__all__ = ["Telemetry", "span_id_of", "trace_id_of"]
+def main(argv: list[str]) -> int:
+    """The worker: records from stdin until EOF, then the last export."""
+    endpoint, service_name = argv
+    # The exporter logs each failed attempt; a collector that is down is reported once per failed batch.
+    logging.basicConfig(level=logging.ERROR, format="telemetry: %(message)s")
+    writer = SpanWriter(endpoint, service_name)
+    try:
+        for line in sys.stdin.buffer:
+            try:
+                run = RunRecord.from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError):
+                continue  # never from our supervisor; a record we cannot read is skipped
+            writer.write(run)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+__all__ = ["SpanWriter", "main", "span_id_of", "trace_id_of"]

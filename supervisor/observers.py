@@ -1,5 +1,5 @@
 """The services that show the system outside, each only when its config key is set: Prometheus' `/metrics`
-(`metrics:`) and OpenTelemetry spans (`telemetry:`). Their packages are imported only then."""
+(`metrics:`) and OpenTelemetry spans (`telemetry:`, made in a worker process). Imported only then."""
 
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ def add_observers(supervisor: Supervisor) -> None:
 
         supervisor.services.append(MetricsService(supervisor, config.metrics))
     if config.telemetry is not None:
-        from llmling.observe.telemetry import Telemetry
+        from llmling.supervisor.telemetry_service import TelemetryService
 
-        telemetry = Telemetry(config.telemetry.otlp_endpoint, config.telemetry.service_name or config.name)
-        supervisor.add_listener(telemetry.on_event)
-        supervisor.services.append(telemetry)
+        supervisor.services.append(TelemetryService(supervisor, config.telemetry))
 
 
 __all__ = ["add_observers"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmling.testing import TAG_ENV, SystemProcess, llmling_command
+from llmling.testing import TAG_ENV, SystemProcess, llmling_command, wait_gone
 from tests._automation import free_port, wait_until
 from tests._dashboard import DashboardProcess, call, csrf_of
 from tests.conftest import Systems
@@ -216,3 +219,33 @@ def test_dashboard_imports_no_litellm(system: SystemProcess) -> None:
     loaded = next(line for line in probe.lines if line.startswith("LOADED"))
     for heavy in ("litellm", "pydantic", "mcp", "llmling.supervisor"):
         assert heavy not in loaded.split()[1].split(","), loaded
+
+
+def test_up_dashboard_port_taken_fails_the_start(systems: Systems) -> None:
+    made = systems.make(SYSTEM)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        up = DashboardProcess(
+            ["up", str(made.config), "--socket", str(made.socket), "--dashboard", str(port)],
+            {**made.env, TAG_ENV: made.tag},
+        )
+        made.process = up.process
+        assert up.process.wait(60) == 1
+    up.stop()
+    assert f"dashboard on 127.0.0.1:{port} exited with status 1" in up.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in up.stderr
+    assert "Traceback" not in up.stderr
+
+
+def test_up_dashboard_dies_with_a_killed_supervisor(systems: Systems) -> None:
+    made = systems.make(SYSTEM)
+    up = DashboardProcess(
+        ["up", str(made.config), "--socket", str(made.socket), "--dashboard", "127.0.0.1:0"],
+        {**made.env, TAG_ENV: made.tag},
+    )
+    made.process = up.process
+    up.wait_url()
+    assert len(made.processes()) >= 5  # up, forkserver, 3 agents, the dashboard (and the resource tracker)
+    os.kill(up.process.pid, signal.SIGKILL)
+    up.process.wait(30)
+    assert wait_gone(made.tag, 30) == []
