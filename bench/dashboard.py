@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import json
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -41,55 +43,70 @@ AGENTS: dict[str, dict[str, object]] = {
 }
 
 
-class Receiver:
-    """An OTLP/HTTP endpoint on 127.0.0.1 that takes every export (and counts the bytes)."""
+def receiver_main() -> None:
+    """`--receiver`: an OTLP/HTTP endpoint on 127.0.0.1 taking every export; prints its port, and at SIGINT the
+    requests, bytes and spans it got (decoded then, not while the measurement runs)."""
+    from aiohttp import web
 
-    def __init__(self) -> None:
-        self.port = 0
-        self.bytes = 0
-        self.requests = 0
-        self._ready = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-        self._ready.wait(10)
+    bodies: list[bytes] = []
 
-    def _serve(self) -> None:
-        from aiohttp import web
+    async def export(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(content_type="application/x-protobuf")
 
-        async def export(request: web.Request) -> web.Response:
-            self.bytes += len(await request.read())
-            self.requests += 1
-            return web.Response(content_type="application/x-protobuf")
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", export)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        await asyncio.Event().wait()
 
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_post("/v1/traces", export)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._ready.set()
-            await asyncio.Event().wait()
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        asyncio.run(main())
+        spans = 0
+        for body in bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            spans += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        print(json.dumps({"requests": len(bodies), "bytes": sum(map(len, bodies)), "spans": spans}), flush=True)
 
 
-class SseReader:
-    """One dashboard viewer: reads the live event stream until the process ends."""
-
-    def __init__(self, url: str) -> None:
-        self.events = 0
-        request = urllib.request.Request(url)
-        self._response = urllib.request.urlopen(request, timeout=60)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            for line in self._response:
+def viewer_main(url: str) -> None:
+    """`--viewer URL`: one dashboard viewer reading the live event stream; at SIGINT prints the events read."""
+    events = 0
+    try:
+        with urllib.request.urlopen(url, timeout=600) as response:
+            for line in response:
                 if line.startswith(b"data:"):
-                    self.events += 1
-        except OSError:
-            pass
+                    events += 1
+    except (KeyboardInterrupt, OSError):
+        pass
+    print(json.dumps({"events": events}), flush=True)
+
+
+class Helper:
+    """One of the two helpers above in its own process (a viewer or a collector is never the bench's thread:
+    it would take the GIL from the clients)."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+
+    def first_line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def finish(self) -> dict[str, Any]:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
 
 
 def send(agent: str) -> dict[str, Any]:
@@ -148,14 +165,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--hops", type=int, default=300)
     parser.add_argument("--only", choices=["dashboard", "telemetry"], help="observe with one of the two only")
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--viewer", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.receiver:
+        return receiver_main()
+    if args.viewer:
+        return viewer_main(args.viewer)
     ws = Workspace()
-    receiver = Receiver()
+    receiver = Helper("--receiver")
+    receiver_port = int(receiver.first_line())
     plain_config = ws.config("plain", AGENTS)
     observed_config = ws.config("observed", AGENTS)
     if args.only != "dashboard":
         with observed_config.open("a") as file:
-            file.write(f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver.port}', service_name: bench}}\n")
+            file.write(f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver_port}', service_name: bench}}\n")
     plain = System(plain_config, ws.socket())
     dashboard = ("--dashboard", "127.0.0.1:0") if args.only != "telemetry" else ()
     observed = System(observed_config, ws.socket(), dashboard)
@@ -170,7 +194,7 @@ def main() -> None:
         viewer = None
         if url is not None:
             base, token = url.group(1).split("/?token=")
-            viewer = SseReader(f"{base}/api/stream?token={token}")
+            viewer = Helper("--viewer", f"{base}/api/stream?token={token}")
         for number in range(args.rounds):
             order = [("plain", plain), ("observed", observed)]
             if number % 2:
@@ -179,7 +203,10 @@ def main() -> None:
                 figures = measure(system, args.hops, args.seconds)
                 rounds[label].append(figures)
                 log(f"round {number + 1} {label}: {figures}")
-        time.sleep(2)  # the last batch of spans
+        runs = sum(int(t["runs"]) for t in observed.status()["totals"].values())  # type: ignore[union-attr]
+        observed.close()  # its telemetry worker exports what is left, then exits
+        seen = viewer.finish() if viewer else {}
+        got = receiver.finish()
         result: dict[str, Any] = {
             "observed_with": args.only or "dashboard and telemetry",
             "clients": CLIENTS,
@@ -199,13 +226,17 @@ def main() -> None:
         result["target_cost"] = TARGET_COST
         result["ok"] = all(value <= TARGET_COST for value in cost.values())
         result["observed_side"] = {
-            "sse_events_read": viewer.events if viewer else None,
-            "otlp_export_requests": receiver.requests,
-            "otlp_bytes": receiver.bytes,
+            "sse_events_read": seen.get("events"),
+            "otlp_export_requests": got.get("requests"),
+            "otlp_bytes": got.get("bytes"),
+            "runs": runs,
+            "spans_exported": got.get("spans"),
         }
     finally:
         plain.close()
         observed.close()
+        if receiver.process.poll() is None:
+            receiver.process.kill()
         ws.remove()
     text = json.dumps(result, indent=2)
     (ROOT / "bench" / "dashboard-results.json").write_text(text + "\n")

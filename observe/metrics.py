@@ -77,6 +77,9 @@ class Metrics:
             buckets=HOP_BUCKETS,
             registry=r,
         )
+        self.dropped = Counter(
+            "llmling_events_dropped", "Events the event stream dropped for this reader (too slow)", registry=r
+        )
         r.register(_StatusCollector(status))
         # Invariant: at most REMEMBERED_RUNS entries each, oldest dropped first.
         self._finished: OrderedDict[str, float] = OrderedDict()  # run id → when its reply was reported
@@ -97,6 +100,8 @@ class Metrics:
             if run_id not in self._dead:
                 self.dead_letters.labels(agent).inc()
                 _remember(self._dead, run_id, agent)
+        elif kind == "dropped":  # only a reader of the event stream gets these: its counts are short by that
+            self.dropped.inc(adapter.as_int(event.get("count")) or 0)
         elif kind == adapter.RETRY_EVENT:
             self.runs.labels(str(event.get("agent")), "retry").inc()
         elif kind == "trigger_fired" and event.get("kind") == "webhook":

@@ -1,10 +1,9 @@
-"""The run record the supervisor hands the telemetry worker: one compact JSON object a line, made from the run's
-outcome event (and its start, for a failed run, whose event carries no duration)."""
+"""A run as its span shows it, made in the telemetry worker from the run's outcome event (and its start, for a
+failed run, whose event carries no duration)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from llmling.observe.runs import RunEnd, RunStart
 
@@ -43,13 +42,6 @@ class RunRecord:
             hops=end.hops,
             error=end.error[:500] if end.error else None,
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        return cls(**data)
 
 
 __all__ = ["RunRecord"]

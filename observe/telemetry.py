@@ -1,11 +1,11 @@
 """OpenTelemetry: the telemetry worker process, which turns run records into spans and exports them over
 OTLP/HTTP with a BatchSpanProcessor.
 
-`python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads one JSON run record a line on stdin (written
-by the supervisor's TelemetryService, see `record()`), makes one span per record and hands it to the batch
-processor, whose thread exports it. At EOF (the supervisor stopped, or died: its end of the pipe closes) it
-exports what is left and exits. The SDK's cost (~0.1 ms to make a span, more to encode it) is paid here, on
-another core, never in the supervisor's loop.
+`python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads lines of JSON arrays of run events on stdin
+(their run fields, written by the supervisor's TelemetryService), makes one span per run outcome and hands it to
+the batch processor, whose thread exports it. At EOF (the supervisor stopped, or died: its end of the pipe
+closes) it exports what is left and exits. The SDK's cost (~0.1 ms to make a span, more to encode it) is paid
+here, on another core, never in the supervisor's loop.
 
 Ids are derived from llmling's: the trace id is the trace's 128-bit hex id; a run's span id is the first 64 bits
 of the SHA-256 of its run id, so a downstream run's span names its parent's span by the parent's run id,
@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import sys
+from collections import OrderedDict
 from typing import Any
 
 from opentelemetry import trace
@@ -29,7 +30,10 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from llmling.observe.records import RunRecord
+from llmling.observe.runs import RunEnd, RunStart
 
+# Runs started and not finished whose start is kept; oldest dropped first.
+REMEMBERED_STARTS = 10_000
 # Milliseconds the export of the last spans may take at the end.
 FLUSH_TIMEOUT_MS = 5_000
 
@@ -111,19 +115,42 @@ class SpanWriter:
         self.provider.shutdown()
 
 
+class Runs:
+    """Pairs each outcome with its start (a failed run's outcome carries no duration). Invariant: at most
+    REMEMBERED_STARTS starts are kept, the oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._starts: OrderedDict[str, RunStart] = OrderedDict()
+
+    def record(self, event: dict[str, Any]) -> RunRecord | None:
+        start = RunStart.of(event)
+        if start is not None:
+            if start.id not in self._starts:  # a redelivery keeps the first start
+                self._starts[start.id] = start
+                if len(self._starts) > REMEMBERED_STARTS:
+                    self._starts.popitem(last=False)
+            return None
+        end = RunEnd.of(event)
+        return None if end is None else RunRecord.of(end, self._starts.pop(end.id, None))
+
+
 def main(argv: list[str]) -> int:
     """The worker: records from stdin until EOF, then the last export."""
     endpoint, service_name = argv
     # The exporter logs each failed attempt; a collector that is down is reported once per failed batch.
     logging.basicConfig(level=logging.ERROR, format="telemetry: %(message)s")
     writer = SpanWriter(endpoint, service_name)
+    runs = Runs()
     try:
         for line in sys.stdin.buffer:
             try:
-                run = RunRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError):
-                continue  # never from our supervisor; a record we cannot read is skipped
-            writer.write(run)
+                events = json.loads(line)
+            except ValueError:
+                continue  # never from our supervisor; a line we cannot read is skipped
+            for event in events if isinstance(events, list) else ():
+                run = runs.record(event) if isinstance(event, dict) else None
+                if run is not None:
+                    writer.write(run)
     except KeyboardInterrupt:
         pass
     finally:
@@ -135,4 +162,4 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-__all__ = ["SpanWriter", "main", "span_id_of", "trace_id_of"]
+__all__ = ["Runs", "SpanWriter", "main", "span_id_of", "trace_id_of"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from loguru import logger
 from llmling.dashboard import TOKEN_ENV
 from llmling.errors import StartupError
 from llmling.supervisor.environment import base_environment
+from llmling.supervisor.helpers import prepare_helper
 
 if TYPE_CHECKING:
     from llmling.supervisor.system import Supervisor
@@ -28,12 +30,8 @@ URL_LINE = re.compile(rb"^dashboard: (http://\S+)")
 # Seconds the child gets to listen, and to stop before it is killed.
 START_TIMEOUT = 60.0
 STOP_GRACE = 5.0
-
-
-def _die_with_parent() -> None:
-    from llmling.agent_proc.death import die_with_parent
-
-    die_with_parent()
+# The dashboard's niceness: a viewer yields the CPU to the system it shows.
+NICE = 10
 
 
 class DashboardService:
@@ -63,7 +61,7 @@ class DashboardService:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(prepare_helper, NICE),
             env=env,
         )
         assert process.stderr is not None
