@@ -111,8 +111,9 @@ class DashboardState:
             self.connected = False
         elif kind == "agent_state":
             self._agent_state(event)
-        self.metrics.observe(event)
-        self._trace(event)
+        start, end = RunStart.of(event), RunEnd.of(event)  # read once, for the metrics and the trace
+        self.metrics.observe(event, start, end)
+        self._trace(event, start, end)
         agent = event.get("agent")
         if isinstance(agent, str):
             self.last_seen[agent] = stamp(event)
@@ -139,9 +140,8 @@ class DashboardState:
                 queue.get_nowait()
                 queue.put_nowait(None)
 
-    def _trace(self, event: Message) -> None:
+    def _trace(self, event: Message, start: RunStart | None, end: RunEnd | None) -> None:
         kind = event.get("event")
-        start = RunStart.of(event)
         if start is not None:
             node = self._node(start.trace_id, start.id, start.agent, start.parent_id, start.started_at)
             if node is None:
@@ -149,7 +149,6 @@ class DashboardState:
             node.status, node.attempt = "running", start.attempt
             node.prompt = node.prompt or preview(start.prompt)
             return
-        end = RunEnd.of(event)
         if end is not None:
             if end.ok:
                 self._count(end)
@@ -243,12 +242,16 @@ def _since(started: float | None, ended: float) -> float | None:
     return None if started is None else max(0.0, ended - started)
 
 
+SCALARS = (str, int, float, bool)
+FEED_KEYS = ("agent", "id", "trace_id", "parent_id", "state", "trigger", "kind", "code", "attempt", "pid")
+
+
 def feed_entry(event: Message, seq: int) -> Message:
     """An event as the feed shows it: its kind, agent, ids and a preview of its texts; no other field."""
     entry: Message = {"seq": seq, "ts": stamp(event), "event": str(event.get("event"))}
-    for key in ("agent", "id", "trace_id", "parent_id", "state", "trigger", "kind", "code", "attempt", "pid"):
+    for key in FEED_KEYS:
         value = event.get(key)
-        if isinstance(value, str | int | float | bool):
+        if isinstance(value, SCALARS):
             entry[key] = value
     text = event.get("error") or event.get("reason") or event.get("content") or event.get("prompt")
     if text:

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from llmling.observe import adapter
-from llmling.observe.runs import RunEnd, RunStart, stamp
+from llmling.observe.runs import RUN_EVENTS, RunEnd, RunStart, stamp
 
 Message = dict[str, Any]
 StatusSource = Callable[[], Message | None]
@@ -85,15 +85,16 @@ class Metrics:
         self._finished: OrderedDict[str, float] = OrderedDict()  # run id → when its reply was reported
         self._dead: OrderedDict[str, str] = OrderedDict()  # dead letter's run id → agent
 
-    def observe(self, event: Message) -> None:
-        """Account one event. Never raises for a malformed event (fields read as unknown)."""
+    def observe(self, event: Message, start: RunStart | None = None, end: RunEnd | None = None) -> None:
+        """Account one event (`start`/`end`: its typed view when the caller has read it already). Never raises
+        for a malformed event (fields read as unknown)."""
         kind = event.get("event")
-        end = RunEnd.of(event)
+        if end is None and start is None and kind in RUN_EVENTS:
+            start, end = RunStart.of(event), RunEnd.of(event)
         if end is not None:
             self._run_end(end)
-        elif kind == "run_started":
-            start = RunStart.of(event)
-            if start is not None and start.id in self._dead:  # a retried dead letter is delivered again
+        elif start is not None:
+            if start.id in self._dead:  # a retried dead letter is delivered again
                 self.dead_letters.labels(self._dead.pop(start.id)).dec()
         elif kind == adapter.DEAD_LETTER_EVENT:
             agent, run_id = str(event.get("agent")), str(event.get("id"))
