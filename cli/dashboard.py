@@ -13,6 +13,7 @@ import click
 
 from llmling.dashboard import TOKEN_ENV
 from llmling.ipc.paths import SOCKET_ENV
+from llmling.observe.scheduling import IDLE_ENV
 
 
 def new_token() -> str:
@@ -65,7 +66,8 @@ def dashboard(
     from llmling.dashboard.app import Dashboard, run
 
     try:
-        uvloop.run(run(Dashboard(str(path), host, port, token), announce))
+        idle = bool(os.environ.pop(IDLE_ENV, None))  # a helper of `up --dashboard`: yields the CPU to the system
+        uvloop.run(run(Dashboard(str(path), host, port, token), announce, idle))
     except KeyboardInterrupt:
         pass  # Ctrl+C, or SIGTERM (below): the dashboard stops, the system goes on
     except OSError as exc:

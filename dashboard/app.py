@@ -299,9 +299,14 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
         raise BadInput(f"query {name!r} must be an integer") from None
 
 
-async def run(dashboard: Dashboard, on_listening: Callable[[str], None]) -> None:
-    """Serve until cancelled (Ctrl+C); owns the dashboard's tasks. Raises OSError when the port is taken."""
+async def run(dashboard: Dashboard, on_listening: Callable[[str], None], idle: bool = False) -> None:
+    """Serve until cancelled (Ctrl+C); owns the dashboard's tasks. Raises OSError when the port is taken.
+    With `idle` (the `up --dashboard` child), run under SCHED_IDLE once listening."""
     await dashboard.listen()
+    if idle:
+        from llmling.observe.scheduling import become_idle
+
+        become_idle()
     async with asyncio.TaskGroup() as group:
         dashboard.begin(group.create_task)
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -31,6 +32,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 
 from llmling.observe.records import RunRecord
 from llmling.observe.runs import RunEnd, RunStart
+from llmling.observe.scheduling import IDLE_ENV, become_idle, leave_idle
 
 # Runs started and not finished whose start is kept; oldest dropped first.
 REMEMBERED_STARTS = 10_000
@@ -141,6 +143,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.ERROR, format="telemetry: %(message)s")
     writer = SpanWriter(endpoint, service_name)
     runs = Runs()
+    if os.environ.get(IDLE_ENV):
+        become_idle()
     try:
         for line in sys.stdin.buffer:
             try:
@@ -154,6 +158,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        leave_idle()  # the last export, at the stop, at the system's priority where allowed
         writer.close()
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from loguru import logger
 from llmling.dashboard import TOKEN_ENV
 from llmling.errors import StartupError
 from llmling.supervisor.environment import base_environment
-from llmling.supervisor.helpers import prepare_helper
+from llmling.supervisor.helpers import IDLE_ENV, prepare_helper
 
 if TYPE_CHECKING:
     from llmling.supervisor.system import Supervisor
@@ -30,8 +29,6 @@ URL_LINE = re.compile(rb"^dashboard: (http://\S+)")
 # Seconds the child gets to listen, and to stop before it is killed.
 START_TIMEOUT = 60.0
 STOP_GRACE = 5.0
-# The dashboard's niceness: a viewer yields the CPU to the system it shows.
-NICE = 10
 
 
 class DashboardService:
@@ -51,7 +48,7 @@ class DashboardService:
     async def start(self) -> None:
         command = [sys.executable, "-m", "llmling.cli.main", "dashboard", "--socket", self.socket_path]
         command += ["--host", self.host, "--port", str(self.port)]
-        env = base_environment()
+        env = base_environment() | {IDLE_ENV: "1"}
         if self.token is None:
             command.append("--no-token")
         else:
@@ -61,7 +58,7 @@ class DashboardService:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=functools.partial(prepare_helper, NICE),
+            preexec_fn=prepare_helper,
             env=env,
         )
         assert process.stderr is not None

@@ -11,7 +11,6 @@ parent-death signal. Neither the supervisor nor the CLI imports OpenTelemetry.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from loguru import logger
 from llmling.config.observe import TelemetryConfig
 from llmling.observe.runs import RUN_EVENTS
 from llmling.supervisor.environment import base_environment
-from llmling.supervisor.helpers import prepare_helper
+from llmling.supervisor.helpers import IDLE_ENV, prepare_helper
 
 if TYPE_CHECKING:
     from llmling.supervisor.system import Supervisor
@@ -35,9 +34,6 @@ FIELDS = ("event", "agent", "id", "trace_id", "parent_id", "attempt", "hops", "u
 FIELDS += ("kind", "error")
 # Bytes the worker may have unread before records are dropped (and counted): a stuck worker never grows us.
 MAX_UNREAD = 8 << 20
-# The worker's niceness: on a saturated machine the system's runs come first and spans wait (or, past MAX_UNREAD,
-# are dropped and counted); with a core to spare, nothing waits.
-NICE = 10
 # Seconds the worker gets at stop to export what is left before it is killed.
 STOP_GRACE = 10.0
 
@@ -65,8 +61,8 @@ class TelemetryService:
             self.service_name,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(prepare_helper, NICE),
-            env=base_environment(),  # the allow-list: no secret of the supervisor's environment
+            preexec_fn=prepare_helper,
+            env=base_environment() | {IDLE_ENV: "1"},  # the allow-list: no secret of the supervisor's environment
         )
 
     async def stop(self) -> None:
