@@ -30,7 +30,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from llmling.observe.records import RunRecord
 from llmling.observe.runs import RunEnd, RunStart
 from llmling.observe.scheduling import IDLE_ENV, become_idle, leave_idle
 
@@ -80,11 +79,14 @@ class SpanWriter:
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
         self._tracer = self.provider.get_tracer("llmling")
 
-    def write(self, run: RunRecord) -> None:
+    def write(self, run: RunEnd, start: RunStart | None) -> None:
+        """The span of one run: its outcome and, for a failed run (no duration), its start."""
+        started = run.started_at or (start.started_at if start else run.ended_at)
+        parent_id = run.parent_id or (start.parent_id if start else None)
         trace_id = trace_id_of(run.trace_id)
         context = None
-        if run.parent_id is not None:
-            parent = SpanContext(trace_id, span_id_of(run.parent_id), is_remote=True, trace_flags=TraceFlags(1))
+        if parent_id is not None:
+            parent = SpanContext(trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1))
             context = trace.set_span_in_context(NonRecordingSpan(parent))
         self._ids.trace_id, self._ids.span_id = trace_id, span_id_of(run.id)
         attributes: dict[str, Any] = {
@@ -106,10 +108,10 @@ class SpanWriter:
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
-            start_time=int(run.started_at * 1e9),
+            start_time=int(started * 1e9),
         )
-        if run.outcome != "ok":
-            span.set_status(Status(StatusCode.ERROR, run.error))
+        if not run.ok:
+            span.set_status(Status(StatusCode.ERROR, (run.error or "")[:500]))
         span.end(end_time=int(run.ended_at * 1e9))
 
     def close(self) -> None:
@@ -124,7 +126,7 @@ class Runs:
     def __init__(self) -> None:
         self._starts: OrderedDict[str, RunStart] = OrderedDict()
 
-    def record(self, event: dict[str, Any]) -> RunRecord | None:
+    def pair(self, event: dict[str, Any]) -> tuple[RunEnd, RunStart | None] | None:
         start = RunStart.of(event)
         if start is not None:
             if start.id not in self._starts:  # a redelivery keeps the first start
@@ -133,7 +135,7 @@ class Runs:
                     self._starts.popitem(last=False)
             return None
         end = RunEnd.of(event)
-        return None if end is None else RunRecord.of(end, self._starts.pop(end.id, None))
+        return None if end is None else (end, self._starts.pop(end.id, None))
 
 
 def main(argv: list[str]) -> int:
@@ -152,9 +154,9 @@ def main(argv: list[str]) -> int:
             except ValueError:
                 continue  # never from our supervisor; a line we cannot read is skipped
             for event in events if isinstance(events, list) else ():
-                run = runs.record(event) if isinstance(event, dict) else None
-                if run is not None:
-                    writer.write(run)
+                paired = runs.pair(event) if isinstance(event, dict) else None
+                if paired is not None:
+                    writer.write(*paired)
     except KeyboardInterrupt:
         pass
     finally:
