@@ -175,7 +175,7 @@ function drawTree(trace) {
 function feedLine(e) {
   const what = [e.event, e.state, e.trigger, e.kind && e.kind !== e.event ? e.kind : null, e.code]
     .filter((x) => x !== undefined && x !== null).join(" ");
-  return el("li", { "data-event": e.event, "data-agent": e.agent || "" },
+  return el("li", { "data-event": e.event, "data-agent": e.agent || "", "data-run": e.id || "" },
     `${fmt.time(e.ts)}  ${(e.agent || "system").padEnd(14)} ${what}${e.text ? ": " + e.text : ""}`);
 }
 
