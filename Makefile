@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/agents.yml
 
-.PHONY: install up test test-systemd lint bench lock clean
+.PHONY: install up test test-systemd test-browser lint bench lock clean
 
 $(STAMP): requirements.lock requirements-model.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ test: $(STAMP)
 # missing). `make test` never needs root or apt.
 test-systemd: $(STAMP)
 	LLMLING_LIVE_SYSTEMD=1 $(BIN)/python -m pytest -p no:cacheprovider tests/live/test_systemd_live.py
+
+# The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, installed with apt when missing,
+# which needs root); writes docs/dashboard.png. `make test` skips it.
+test-browser: $(STAMP)
+	@if ! test -x /usr/bin/chromium || ! test -x /usr/bin/chromedriver; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+	LLMLING_BROWSER_TESTS=1 $(BIN)/python -m pytest tests/test_dashboard_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -256,9 +256,11 @@ class StartFailed(RuntimeError):
 class System:
     """One `llmling up CONFIG --socket S` in its own session (so SIGINT to its group is a terminal's Ctrl+C)."""
 
-    def __init__(self, config: Path, socket: str) -> None:
+    def __init__(self, config: Path, socket: str, extra_args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.socket = socket
+        # More `llmling up` options (e.g. `--dashboard 127.0.0.1:PORT`).
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.t_spawn = 0.0
         self.t_ready = 0.0
@@ -271,7 +273,7 @@ class System:
     # -- start ------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> float:
         """Start `llmling up` and block until its stderr says the system is ready. Returns ms spawn→ready."""
-        argv = [LLMLING, "up", str(self.config), "--socket", self.socket]
+        argv = [LLMLING, "up", str(self.config), "--socket", self.socket, *self.extra_args]
         self.t_spawn = time.perf_counter()
         self.proc = subprocess.Popen(
             argv,

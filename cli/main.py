@@ -11,6 +11,7 @@ import click
 
 from llmling.cli.automation import background, trigger
 from llmling.cli.complete import agent_names
+from llmling.cli.dashboard import dashboard
 from llmling.cli.delivery import dead_letters, retry
 from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
@@ -35,11 +36,12 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True, help="loguru level for supervisor and agents")
 @click.option("--quiet", "-q", is_flag=True, help="no start-up progress")
 @click.option("--reload", is_flag=True, help="reload the config whenever its file changes (debounced)")
-def up(config: str, socket_: str | None, log_level: str, quiet: bool, reload: bool) -> None:
+@click.option("--dashboard", metavar="[HOST:]PORT", help="also serve the web dashboard there (with a token)")
+def up(config: str, socket_: str | None, log_level: str, quiet: bool, reload: bool, dashboard: str | None) -> None:
     """Run the system of CONFIG in the foreground until Ctrl+C or `llmling stop`. SIGHUP reloads CONFIG."""
     from llmling.cli.up import run_up
 
-    sys.exit(run_up(config, socket_, log_level, quiet, reload))
+    sys.exit(run_up(config, socket_, log_level, quiet, reload, dashboard))
 
 
 @main.command()
@@ -241,8 +243,8 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-# Automation: live events, triggers, background runs, the systemd unit.
-for _command in (watch, trigger, background, systemd_unit, logs, dead_letters, retry):
+# Automation: live events, triggers, background runs, the systemd unit, the web dashboard.
+for _command in (watch, trigger, background, systemd_unit, logs, dead_letters, retry, dashboard):
     main.add_command(_command)
 
 

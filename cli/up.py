@@ -95,7 +95,7 @@ def host(
     socket: str | None,
     log_level: str,
     listener: Callable[[SystemConfig], Callable[[Message], None]],
-    watch_config: bool = False,
+    **serve_options: Any,
 ) -> int:
     """Run the system of the config at `path` in this process until it stops; return the exit status:
     2 for an invalid config (nothing started), 1 when it cannot start, 0 after a requested stop that
@@ -118,9 +118,7 @@ def host(
     from llmling.supervisor.serve import run
 
     try:
-        left = run(
-            config, socket=socket, on_event=listener(config), log_level=log_level, watch_config=watch_config
-        )
+        left = run(config, socket=socket, on_event=listener(config), log_level=log_level, **serve_options)
     except StartupError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
@@ -137,10 +135,19 @@ def host(
     return 0
 
 
-def run_up(path: str, socket: str | None, log_level: str, quiet: bool, reload: bool = False) -> int:
+def run_up(
+    path: str, socket: str | None, log_level: str, quiet: bool, reload: bool = False, dashboard: str | None = None
+) -> int:
     def progress(config: SystemConfig) -> Progress:
         shown = Progress(len(config.agents), quiet)
         shown._say(f"starting {config.name!r}: {', '.join(config.agents)}")
         return shown
 
-    return host(path, socket, log_level, progress, watch_config=reload)
+    if dashboard is None:
+        return host(path, socket, log_level, progress, watch_config=reload)
+    from llmling.cli.dashboard import announce, new_token, parse_address
+
+    address, port = parse_address(dashboard)
+    return host(
+        path, socket, log_level, progress, watch_config=reload, dashboard=(address, port, new_token(), announce)
+    )

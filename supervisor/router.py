@@ -367,6 +367,7 @@ class Router:
                 "agent": unit.agent,
                 "id": unit.id,
                 "trace_id": unit.trace_id,
+                "parent_id": unit.parent_id,
                 **exc.reply_fields(),
                 "attempt": unit.attempt,
             }

@@ -25,6 +25,8 @@ from llmling.supervisor.spawner import stop_helpers
 from llmling.supervisor.system import Supervisor
 
 Message = dict[str, Any]
+# `up --dashboard`: host, port, token (None: none, loopback only) and what to call with its URL once it listens.
+DashboardOptions = tuple[str, int, str | None, Callable[[str], None]]
 
 
 async def serve(
@@ -33,12 +35,17 @@ async def serve(
     on_event: Callable[[Message], None] | None = None,
     log_level: str = "INFO",
     watch_config: bool = False,
+    dashboard: DashboardOptions | None = None,
 ) -> int:
     """Run the system until it is asked to stop (also while it starts). Raises StartupError when it cannot
     start. Returns how many accepted runs were left without an outcome (kept in the journal, or lost with
-    durability off)."""
+    durability off). With `dashboard`, the web dashboard is served as one of its services."""
     notifier = SystemdNotifier.from_env()  # before the forkserver starts: no child inherits NOTIFY_SOCKET
     supervisor = Supervisor(config, socket=socket, on_event=on_event, log_level=log_level)
+    if dashboard is not None:
+        from llmling.supervisor.dashboard_service import DashboardService
+
+        supervisor.services.append(DashboardService(supervisor, *dashboard))
     watchdog: asyncio.Task[None] | None = None
     if notifier is not None:
         supervisor.add_listener(notifier.on_event)

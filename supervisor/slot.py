@@ -171,6 +171,8 @@ class AgentSlot:
             "gave_up": self.gave_up,
             "queued": self.queued,
             "running": self.running,
+            "concurrency": self.policy.concurrency,
+            "max_queue": self.policy.max_queue,
         }
 
     # -- from the control socket ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from llmling.supervisor.history import HistoryService
 from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.observers import add_observers
 from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
 from llmling.supervisor.restarts import RestartRequests
 from llmling.supervisor.router import Route, Router
@@ -124,6 +125,8 @@ class Supervisor:
         # `reload` (and SIGHUP / `up --reload` through `serve.py`): re-read the config file, apply the change.
         self.reloader = Reloader(self)
         self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
+        # Prometheus `/metrics` (`metrics:`) and OpenTelemetry spans (`telemetry:`), when configured.
+        add_observers(self)
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:

@@ -20,6 +20,7 @@ from llmling.config.capabilities import (
     mcp_server_short_form,
     server_name,
 )
+from llmling.config.observe import MetricsConfig, TelemetryConfig
 from llmling.config.providers import LOCAL_PREFIX
 from llmling.config.state import state_dir as resolve_state_dir
 from llmling.config.supervision import MAX_CONCURRENCY, MAX_QUEUE, RestartConfig
@@ -298,6 +299,8 @@ class SystemConfig(Strict):
         description="where the run history (history.db) and the logs are kept, relative to the config folder; "
         "default: $XDG_STATE_HOME/llmling/<name>-<hash of the config's path> (~/.local/state/llmling/...)",
     )
+    metrics: MetricsConfig | None = Field(None, description="serve Prometheus /metrics from the supervisor")
+    telemetry: TelemetryConfig | None = Field(None, description="one OpenTelemetry span per run (OTLP/HTTP)")
     # Where the config came from; not part of the file (so not in the schema, and refused in YAML).
     source: SkipJsonSchema[Path | None] = Field(None, exclude=True)
 

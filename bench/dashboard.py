@@ -1,0 +1,247 @@
+"""The cost of watching: hop and chain figures of one system plain vs the same system with the dashboard open
+(`up --dashboard`, one SSE client reading every event) and OpenTelemetry on (spans exported to a local OTLP
+receiver), measured in one run, alternating rounds. Prints JSON; writes bench/dashboard-results.json.
+
+    .venv/bin/python bench/dashboard.py [--rounds 3] [--seconds 3] [--hops 300]
+
+Figures: `hop_p50_us` (a `send --wait` on A, A >> B, sequential), `hop_msgs_per_s` and `chain_msgs_per_s`
+(a four-agent chain C1 >> C2 >> C3 >> C4), both with CLIENTS concurrent clients for --seconds. The target:
+each observed figure within 10 % of the plain one (medians over the rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import ROOT, System, Workspace, log, percentile
+
+from llmling.ipc.client import Client
+
+CLIENTS = 4
+TARGET_COST = 0.10
+AGENTS: dict[str, dict[str, object]] = {
+    "a": {"callback": "bcb:echo", "connections": ["b"]},
+    "b": {"callback": "bcb:echo"},
+    "c1": {"callback": "bcb:echo", "connections": ["c2"]},
+    "c2": {"callback": "bcb:echo", "connections": ["c3"]},
+    "c3": {"callback": "bcb:echo", "connections": ["c4"]},
+    "c4": {"callback": "bcb:echo"},
+}
+
+
+def receiver_main() -> None:
+    """`--receiver`: an OTLP/HTTP endpoint on 127.0.0.1 taking every export; prints its port, and at SIGINT the
+    requests, bytes and spans it got (decoded then, not while the measurement runs)."""
+    from aiohttp import web
+
+    bodies: list[bytes] = []
+
+    async def export(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(content_type="application/x-protobuf")
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", export)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        spans = 0
+        for body in bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            spans += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        print(json.dumps({"requests": len(bodies), "bytes": sum(map(len, bodies)), "spans": spans}), flush=True)
+
+
+def viewer_main(url: str) -> None:
+    """`--viewer URL`: one dashboard viewer reading the live event stream; at SIGINT prints the events read."""
+    events = 0
+    try:
+        with urllib.request.urlopen(url, timeout=600) as response:
+            for line in response:
+                if line.startswith(b"data:"):
+                    events += 1
+    except (KeyboardInterrupt, OSError):
+        pass
+    print(json.dumps({"events": events}), flush=True)
+
+
+class Helper:
+    """One of the two helpers above in its own process (a viewer or a collector is never the bench's thread:
+    it would take the GIL from the clients)."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+
+    def first_line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def finish(self) -> dict[str, Any]:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+
+
+def send(agent: str) -> dict[str, Any]:
+    return {"t": "send", "agent": agent, "prompt": "hi", "stream": False, "wait": True}
+
+
+def hop_latency(socket: str, n: int) -> float:
+    samples = []
+    with Client(Path(socket), timeout=30) as client:
+        for _ in range(n):
+            started = time.perf_counter_ns()
+            reply = client.request(send("a"))
+            samples.append((time.perf_counter_ns() - started) / 1000)
+            if reply.get("t") != "result" or len(reply.get("downstream") or []) != 1:
+                raise RuntimeError(f"unexpected reply {reply}")
+    return percentile(samples, 0.5)
+
+
+def throughput(socket: str, agent: str, downstream: int, seconds: float) -> float:
+    """Messages (each with its whole downstream tree) per second, CLIENTS clients sending back to back."""
+    done = [0] * CLIENTS
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    def client_loop(index: int) -> None:
+        with Client(Path(socket), timeout=30) as client:
+            while time.perf_counter() < deadline:
+                reply = client.request(send(agent))
+                if reply.get("t") != "result" or len(reply.get("downstream") or []) != downstream:
+                    errors.append(str(reply)[:200])
+                    return
+                done[index] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(errors[0])
+    return sum(done) / (time.perf_counter() - started)
+
+
+def measure(system: System, hops: int, seconds: float) -> dict[str, float]:
+    return {
+        "hop_p50_us": hop_latency(system.socket, hops),
+        "hop_msgs_per_s": throughput(system.socket, "a", 1, seconds),
+        "chain_msgs_per_s": throughput(system.socket, "c1", 3, seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--hops", type=int, default=300)
+    parser.add_argument("--only", choices=["dashboard", "telemetry"], help="observe with one of the two only")
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--viewer", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        return receiver_main()
+    if args.viewer:
+        return viewer_main(args.viewer)
+    ws = Workspace()
+    receiver = Helper("--receiver")
+    receiver_port = int(receiver.first_line())
+    plain_config = ws.config("plain", AGENTS)
+    observed_config = ws.config("observed", AGENTS)
+    if args.only != "dashboard":
+        with observed_config.open("a") as file:
+            file.write(f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver_port}', service_name: bench}}\n")
+    plain = System(plain_config, ws.socket())
+    dashboard = ("--dashboard", "127.0.0.1:0") if args.only != "telemetry" else ()
+    observed = System(observed_config, ws.socket(), dashboard)
+    rounds: dict[str, list[dict[str, float]]] = {"plain": [], "observed": []}
+    try:
+        plain.start()
+        observed.start()
+        printed = b"\n".join(observed.stderr_lines).decode(errors="replace")
+        url = re.search(r"dashboard: (http://\S+)", printed)
+        if url is None and dashboard:
+            raise RuntimeError(f"no dashboard URL in:\n{printed}")
+        viewer = None
+        if url is not None:
+            base, token = url.group(1).split("/?token=")
+            viewer = Helper("--viewer", f"{base}/api/stream?token={token}")
+        for number in range(args.rounds):
+            order = [("plain", plain), ("observed", observed)]
+            if number % 2:
+                order.reverse()
+            for label, system in order:
+                figures = measure(system, args.hops, args.seconds)
+                rounds[label].append(figures)
+                log(f"round {number + 1} {label}: {figures}")
+        runs = sum(int(t["runs"]) for t in observed.status()["totals"].values())  # type: ignore[union-attr]
+        observed.close()  # its telemetry worker exports what is left, then exits
+        seen = viewer.finish() if viewer else {}
+        got = receiver.finish()
+        result: dict[str, Any] = {
+            "observed_with": args.only or "dashboard and telemetry",
+            "clients": CLIENTS,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+        }
+        for label in rounds:
+            result[label] = {
+                key: round(statistics.median(r[key] for r in rounds[label]), 1) for key in rounds[label][0]
+            }
+        cost = {
+            "hop_p50": result["observed"]["hop_p50_us"] / result["plain"]["hop_p50_us"] - 1,
+            "hop_throughput": 1 - result["observed"]["hop_msgs_per_s"] / result["plain"]["hop_msgs_per_s"],
+            "chain_throughput": 1 - result["observed"]["chain_msgs_per_s"] / result["plain"]["chain_msgs_per_s"],
+        }
+        result["cost"] = {key: round(value, 3) for key, value in cost.items()}
+        result["target_cost"] = TARGET_COST
+        result["ok"] = all(value <= TARGET_COST for value in cost.values())
+        result["observed_side"] = {
+            "sse_events_read": seen.get("events"),
+            "otlp_export_requests": got.get("requests"),
+            "otlp_bytes": got.get("bytes"),
+            "runs": runs,
+            "spans_exported": got.get("spans"),
+        }
+    finally:
+        plain.close()
+        observed.close()
+        if receiver.process.poll() is None:
+            receiver.process.kill()
+        ws.remove()
+    text = json.dumps(result, indent=2)
+    (ROOT / "bench" / "dashboard-results.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

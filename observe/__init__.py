@@ -1,0 +1,1 @@
+"""What the system shows outside: Prometheus metrics and OpenTelemetry spans, both built from supervisor events."""

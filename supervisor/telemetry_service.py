@@ -1,0 +1,106 @@
+"""`telemetry: {otlp_endpoint, service_name}`: run outcomes go to the telemetry worker process, which makes the
+OpenTelemetry spans and exports them (llmling/observe/telemetry.py).
+
+On the supervisor's side a run event costs a small dict of references appended to a buffer (~2 µs); the buffer
+is encoded and written to the worker's stdin once per BATCH_S (one write for many runs), never between a reply
+and its forward. Turning events into typed runs and spans is the worker's work. The worker
+exits at EOF of its stdin, so it ends with the supervisor even when the supervisor is SIGKILLed; it also has a
+parent-death signal. Neither the supervisor nor the CLI imports OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from llmling.config.observe import TelemetryConfig
+from llmling.observe.runs import RUN_EVENTS
+from llmling.supervisor.environment import base_environment
+from llmling.supervisor.helpers import IDLE_ENV, prepare_helper
+
+if TYPE_CHECKING:
+    from llmling.supervisor.system import Supervisor
+
+Message = dict[str, Any]
+# Seconds records wait in the buffer before one write to the worker.
+BATCH_S = 0.05
+# The fields of a run event the worker reads (observe/runs.py: RunStart, RunEnd).
+FIELDS = ("event", "agent", "id", "trace_id", "parent_id", "attempt", "hops", "usage", "elapsed", "elapsed_total")
+FIELDS += ("kind", "error")
+# Bytes the worker may have unread before records are dropped (and counted): a stuck worker never grows us.
+MAX_UNREAD = 8 << 20
+# Seconds the worker gets at stop to export what is left before it is killed.
+STOP_GRACE = 10.0
+
+
+class TelemetryService:
+    name = "telemetry"
+
+    def __init__(self, supervisor: Supervisor, config: TelemetryConfig) -> None:
+        self.endpoint = config.otlp_endpoint
+        self.service_name = config.service_name or supervisor.config.name
+        self.log = logger.bind(agent="telemetry")
+        self._process: asyncio.subprocess.Process | None = None
+        # Invariant: lines not yet written to the worker; a flush is scheduled whenever it is not empty.
+        self._buffer: list[Message] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.dropped = 0
+        supervisor.add_listener(self.on_event)
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "llmling.observe.telemetry",
+            self.endpoint,
+            self.service_name,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            preexec_fn=prepare_helper,
+            env=base_environment() | {IDLE_ENV: "1"},  # the allow-list: no secret of the supervisor's environment
+        )
+
+    async def stop(self) -> None:
+        """Write what is buffered, close the worker's stdin (it exports the rest and exits), wait for it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._flush(process)
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            self.log.warning("the telemetry worker did not finish its export in {} s; killing it", STOP_GRACE)
+            process.kill()
+            await process.wait()
+        if self.dropped:
+            self.log.warning("{} runs were not exported (the telemetry worker fell behind)", self.dropped)
+
+    def on_event(self, event: Message) -> None:
+        """Keep the run fields of a run event (references only: ~2 µs); they are encoded at the flush."""
+        if self._process is None or event.get("event") not in RUN_EVENTS:
+            return
+        self._buffer.append({key: event.get(key) for key in FIELDS} | {"ts": time.time()})
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(BATCH_S, self._flush, self._process)
+
+    def _flush(self, process: asyncio.subprocess.Process) -> None:
+        """One line (a JSON array of the buffered run events) in one write."""
+        self._flush_handle = None
+        batch, self._buffer = self._buffer, []
+        stdin = process.stdin
+        if not batch or stdin is None or stdin.is_closing():
+            return
+        if stdin.transport.get_write_buffer_size() > MAX_UNREAD:
+            self.dropped += len(batch)
+            return
+        stdin.write(json.dumps(batch, separators=(",", ":"), default=str).encode() + b"\n")
+
+
+__all__ = ["TelemetryService"]

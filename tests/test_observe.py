@@ -1,0 +1,168 @@
+"""Prometheus `/metrics` served by the supervisor (`metrics:`) and OpenTelemetry spans (`telemetry:`) sent to a
+local OTLP/HTTP receiver, both over a real system."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests._automation import free_port, wait_listening, wait_until
+from tests.conftest import Systems
+
+CHAIN = """
+    {extra}
+    agents:
+      a: {{callback: 'cb:echo', connections: [b]}}
+      b: {{callback: 'cb:upper'}}
+      c: {{callback: 'cb:boom'}}
+"""
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint: (name, sorted labels) → value, parsed by prometheus_client's parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_metrics_count_known_runs(systems: Systems) -> None:
+    port = free_port()
+    system = systems.start(CHAIN.format(extra=f"metrics: {{port: {port}}}"))
+    wait_listening(port)
+    for n in range(3):
+        done = system.cli("send", "a", f"hi {n}", "--wait")
+        assert done.returncode == 0, done.stderr
+    for n in range(2):
+        assert system.cli("send", "c", f"no {n}").returncode != 0
+
+    def counted() -> dict[Any, float] | None:
+        found = samples(port)
+        return found if found.get(("llmling_runs_total", (("agent", "b"), ("outcome", "ok")))) == 3 else None
+
+    found = wait_until(counted, 30, "b's three runs in /metrics")
+    assert found[("llmling_runs_total", (("agent", "a"), ("outcome", "ok")))] == 3
+    assert found[("llmling_runs_total", (("agent", "c"), ("outcome", "error")))] == 2
+    assert ("llmling_runs_total", (("agent", "c"), ("outcome", "ok"))) not in found
+    assert found[("llmling_run_seconds_count", (("agent", "a"),))] == 3
+    assert found[("llmling_run_seconds_count", (("agent", "b"),))] == 3
+    assert found[("llmling_hop_seconds_count", ())] == 3  # a → b, once per message
+    assert found[("llmling_restarts_total", (("agent", "a"),))] == 0
+    assert found[("llmling_tokens_total", (("agent", "a"), ("kind", "prompt")))] >= 0
+
+
+def test_metrics_port_in_use_fails_the_start(systems: Systems) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        system = systems.make(CHAIN.format(extra=f"metrics: {{port: {port}}}"))
+        assert system.run() == 1
+    assert f"metrics: cannot listen on 127.0.0.1:{port}" in system.log_text()
+
+
+class Receiver:
+    """An OTLP/HTTP collector on 127.0.0.1 (aiohttp, on its own thread): decodes every export request."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[ExportTraceServiceRequest] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _export(self, request: web.Request) -> web.Response:
+        decoded = ExportTraceServiceRequest()
+        decoded.ParseFromString(await request.read())
+        self.requests.append(decoded)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._export)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def spans(self) -> list[Any]:
+        return [
+            span
+            for request in list(self.requests)
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as server:
+        yield server
+
+
+def test_spans_of_a_chain(systems: Systems, receiver: Receiver) -> None:
+    telemetry = f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver.port}', service_name: chain}}"
+    system = systems.start(CHAIN.format(extra=telemetry))
+    done = system.cli("send", "a", "hello", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert system.cli("send", "c", "fails").returncode != 0
+    system.stop()  # the last batch is exported at the stop at the latest
+    spans = wait_until(lambda: receiver.spans() if len(receiver.spans()) >= 3 else None, 30, "three spans")
+    by_agent = {}
+    for span in spans:
+        attributes = {kv.key: kv.value for kv in span.attributes}
+        by_agent[attributes["gen_ai.agent.name"].string_value] = (span, attributes)
+    (a, a_attrs), (b, b_attrs), (c, c_attrs) = by_agent["a"], by_agent["b"], by_agent["c"]
+    assert b_attrs["llmling.hops"].int_value == 1
+    assert a.trace_id == b.trace_id, "one trace for a message and its downstream run"
+    assert b.parent_span_id == a.span_id, "b's span is a child of a's"
+    assert a.parent_span_id == b"", "a is the root"
+    assert c.trace_id != a.trace_id
+    assert a.name == "invoke_agent a"
+    assert a_attrs["llmling.outcome"].string_value == "ok"
+    assert a_attrs["llmling.attempt"].int_value == 1
+    assert a_attrs["gen_ai.operation.name"].string_value == "invoke_agent"
+    assert c_attrs["llmling.outcome"].string_value == "error"
+    assert c.status.code == 2  # STATUS_CODE_ERROR
+    assert b.start_time_unix_nano >= a.start_time_unix_nano
+    assert b.end_time_unix_nano > b.start_time_unix_nano
+    resource = {kv.key: kv.value.string_value for kv in receiver.requests[0].resource_spans[0].resource.attributes}
+    assert resource["service.name"] == "chain"
+    assert a.trace_id.hex() == json.loads(done.stdout)["trace_id"]
+
+
+def test_packages_imported_only_when_on() -> None:
+    probe = (
+        "import sys\n"
+        "from llmling.supervisor.system import Supervisor\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'prometheus_client')))\n"
+        "print(','.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ""
