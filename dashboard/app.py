@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -259,7 +260,7 @@ class Dashboard:
             reply = await self.source.request({"t": adapter.DEAD_LETTERS_REQUEST}, 30.0)
         except SourceError as exc:  # a system without a journal (or without delivery) has none to show
             return web.json_response({"available": False, "reason": str(exc), "dead_letters": []})
-        letters = [{**letter.__dict__, "prompt": preview(letter.prompt)} for letter in adapter.dead_letters(reply)]
+        letters = [{**asdict(letter), "prompt": preview(letter.prompt)} for letter in adapter.dead_letters(reply)]
         return web.json_response({"available": True, "dead_letters": letters})
 
     # -- actions (POST, CSRF-checked) -----------------------------------------------------------------------

@@ -143,8 +143,9 @@ class Peer(asyncio.Protocol):
         if reply_to is not None:
             pending = self._pending.get(reply_to)
             if pending is not None:
-                if message.get("t") == "chunk" and pending.on_chunk is not None:
-                    pending.on_chunk(message)
+                if message.get("t") == "chunk":  # keeps the request open (dropped when nobody takes chunks)
+                    if pending.on_chunk is not None:
+                        pending.on_chunk(message)
                     return
                 del self._pending[reply_to]
                 if not pending.future.done():
