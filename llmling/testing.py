@@ -355,8 +355,9 @@ def wait_gone(tag: str, timeout: float) -> list[int]:
 
 
 def all_ready(status: Body) -> bool:
-    """Whether every agent of a `status` reply is ready."""
-    return all(agent["state"] == "ready" for agent in status["agents"])
+    """Whether the system has started (its triggers and timers run) and every agent of a `status` reply is
+    ready."""
+    return status.get("state") == "ready" and all(agent["state"] == "ready" for agent in status["agents"])
 
 
 class SystemProcess:

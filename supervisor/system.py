@@ -104,6 +104,8 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
+        # Invariant: True once start() succeeded (every service runs); `status` says "ready" from then on.
+        self._started_ok = False
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         # Invariant: the request tasks of the root group that have not finished.
@@ -295,6 +297,8 @@ class Supervisor:
             "name": self.config.name,
             "pid": os.getpid(),
             "socket": str(self.socket_path),
+            # "starting" until every agent's start has an outcome and every service (triggers, timers) runs.
+            "state": "stopping" if self.stopping else "ready" if self._started_ok else "starting",
             "pending_runs": self.router.busy,
             "agents": [slot.status() for slot in self.slots.values()],
             # Per agent since this supervisor started: runs, prompt/completion/total tokens, cost (USD or None).
@@ -369,6 +373,7 @@ class Supervisor:
                     await self._shutdown(drain=False)
                     return
                 self._started.set_result(None)
+                self._started_ok = True
                 await self._resume()
                 self.emit(
                     {

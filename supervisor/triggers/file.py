@@ -276,6 +276,10 @@ class FileTriggers:
             watcher.roots()  # every folder must exist before any watcher starts
         for watcher in self.watchers:
             watcher.start()
+        # Let each watcher task take its first step: watchfiles sets up its OS watch (RustNotify) synchronously in
+        # that step, so a change made once the system reports READY is seen. A yield, not a timed wait.
+        for _ in range(2):
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         await asyncio.gather(*(watcher.stop() for watcher in self.watchers))
