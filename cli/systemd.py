@@ -46,12 +46,17 @@ def executable() -> list[str]:
     return [str(Path(sys.executable).absolute()), "-m", "llmling.cli.main"]
 
 
+def _in_tmp(path: Path) -> bool:
+    return any(path == Path(tmp) or Path(tmp) in path.parents for tmp in ("/tmp", "/var/tmp"))
+
+
 def render_unit(
     config_path: Path, name: str, shutdown_timeout: float, user: bool, watchdog: int = WATCHDOG_SEC
 ) -> str:
     """The unit file's text for the config at `config_path` (absolute) of system `name`."""
     folder = config_path.parent
-    in_tmp = any(folder == Path(tmp) or Path(tmp) in folder.parents for tmp in ("/tmp", "/var/tmp"))
+    # PrivateTmp would hide a config folder or an installation (the venv's `llmling`) that lives in /tmp.
+    in_tmp = any(_in_tmp(path) for path in (folder, Path(executable()[0])))
     command = " ".join(quote(arg) for arg in [*executable(), "up", str(config_path)])
     stop_timeout = math.ceil(shutdown_timeout) + STOP_MARGIN
     socket = f"%t/llmling/{name}.sock"
@@ -114,7 +119,7 @@ def render_unit(
         lines += [
             "StateDirectory=llmling",
             "StateDirectoryMode=0700",
-            "PrivateTmp=yes" if not in_tmp else "# No PrivateTmp: the config's folder is in a temporary folder.",
+            "PrivateTmp=yes" if not in_tmp else "# No PrivateTmp: the config or llmling is in a temporary folder.",
             "ProtectSystem=strict",
             "ProtectHome=read-only",
             f"ReadWritePaths={quote(str(folder))}",

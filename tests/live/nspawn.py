@@ -71,10 +71,11 @@ class Container:
         target.chmod(mode)
 
     def boot(
-        self, script: Path, results: str, binds: list[Path], env: dict[str, str], timeout: float
+        self, script: Path, results: Path, binds: list[Path], env: dict[str, str], timeout: float
     ) -> dict[str, object]:
         """Boot, run `script` (a Python file, with this interpreter) as a oneshot unit with `env`, return the
-        JSON it wrote to `results` (a path inside the container)."""
+        JSON it wrote to `results`, a path in one of the `binds` (each bound at the same path inside), so the
+        host reads the very file the container wrote."""
         environment = "".join(f"Environment={key}={value}\n" for key, value in env.items())
         unit = CHECK_UNIT.format(python=sys.executable, script=script, results=results, environment=environment)
         self.write("/etc/systemd/system/llmling-live-checks.service", unit)
@@ -109,7 +110,7 @@ class Container:
                 raise AssertionError(
                     f"the container did not power off within {timeout} s; see {self.log}"
                 ) from exc
-        written = self.path(results)
+        written = results
         if not written.exists():
             raise AssertionError(f"the checks wrote no results; console:\n{self.log.read_text()[-4000:]}")
         return json.loads(written.read_text())

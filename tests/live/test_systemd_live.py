@@ -60,7 +60,7 @@ def test_unit_under_real_systemd(tmp_path_factory: pytest.TempPathFactory) -> No
             container.write(f"/etc/systemd/system/llmling-{name}.service", unit)
             results = container.boot(
                 checkout / "tests" / "live" / "systemd_checks.py",
-                str(folder / "results.json"),
+                folder / "results.json",
                 binds=[folder, checkout],
                 env={
                     "LLMLING_LIVE_UNIT": f"llmling-{name}",
