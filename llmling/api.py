@@ -207,7 +207,6 @@ class Agent(Generic[TDeps]):
         a crash; AgentBusyError (at once, the run not accepted) when `max_queue` runs already wait.
         """
         router = self._supervisor.router
-        router.slot(self.name).check_capacity()
         result, trace = await router.send(self.name, prompt)
         wait = router.waits_by_default(self.name) if wait_for_connections is None else wait_for_connections
         if not wait:

@@ -482,8 +482,7 @@ class AgentSlot:
         if child is not None and child.alive:
             self._replacing = True
             self._ready.clear()  # no new run goes to the old process; they wait for the fresh one
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+            await self.drain(grace)
             if peer is not None:
                 peer.send({"t": "shutdown"})
             await child.end(grace, self.name)
