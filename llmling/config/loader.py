@@ -154,6 +154,11 @@ def parse_config(text: str, file: str = "<config>", default_name: str = "llmling
             if target not in config.agents:
                 loc: Loc = ("agents", agent_name, "connections", index)
                 raise ConfigError(f"{file}:{where.line(loc)}: {_dotted(loc)}: unknown agent {target!r}")
+    if config.transport.nats is not None and "." in config.name:
+        raise ConfigError(
+            f"{file}:{where.line(('name',))}: name: {config.name!r} must not contain '.' with transport.nats "
+            "(the name is a NATS subject token)"
+        )
     if config.transport.nats is None:
         for agent_name, agent in config.agents.items():
             if agent.placement != "local":

@@ -1,0 +1,146 @@
+"""Connecting to NATS: the options (URL, credentials, TLS), the connection, and one-line errors.
+
+Only the NATS transport imports this (and with it `nats`): the Unix-socket path never does. Credentials are
+values here (a password, a token), read by the caller from the environment variables the config names; they
+never reach a log line (nats-py's own error callback, which logs tracebacks, is replaced by one that logs a
+single line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+# Seconds between reconnect attempts (nats-py adds its own jitter); a client that reconnects does so forever.
+RECONNECT_WAIT = 1.0
+# Bytes nats-py buffers while disconnected (publishes beyond it fail at once instead of growing memory).
+PENDING_BYTES = 8 * 1024 * 1024
+# The largest message we publish (a run frame holds a prompt of at most 1 MiB; NATS' default max_payload).
+MAX_PAYLOAD = 1024 * 1024
+
+
+class NatsConnectError(Exception):
+    """The NATS server could not be reached, or refused us; the message is one line, naming the URL."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsOptions:
+    """How to reach one NATS deployment. `password`/`token` are values (never logged, never in `repr`)."""
+
+    url: str
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    connect_timeout: float = 5.0
+    # The client's name as the server shows it (e.g. "llmling-host myhost").
+    name: str = "llmling"
+
+    def __repr__(self) -> str:
+        return f"NatsOptions(url={self.url!r}, name={self.name!r})"
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in self.url.split(",") if url.strip()]
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca_file or self.tls_cert_file or any(u.startswith("tls://") for u in self.servers)):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+
+OnEvent = Callable[[], Awaitable[None]]
+
+
+async def connect(
+    options: NatsOptions,
+    reconnect: bool = True,
+    on_disconnect: OnEvent | None = None,
+    on_reconnect: OnEvent | None = None,
+) -> Client:
+    """Connect (raises NatsConnectError naming the URL after `connect_timeout` + 1 s at most); with `reconnect`,
+    later losses of the server are retried forever every ~RECONNECT_WAIT s, with `on_disconnect`/
+    `on_reconnect` called meanwhile; without it, a lost connection stays closed."""
+    from nats.aio.client import Client
+    from nats.errors import Error as NatsError
+    from nats.errors import NoServersError
+
+    log = logger.bind(agent=options.name)
+    # The last error of the first connect (nats-py retries inside `connect`; we bound it by time).
+    last: list[BaseException] = []
+    connected = False
+
+    async def error_cb(exc: Exception) -> None:
+        if connected:
+            log.warning("NATS: {}", _describe(exc))
+        else:
+            last[:] = [exc]
+
+    async def noop() -> None:
+        return None
+
+    try:
+        tls = options.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise NatsConnectError(f"NATS TLS files: {exc}") from None
+    client = Client()
+    try:
+        # nats-py keeps trying a refused server inside `connect`; the deadline ends the first attempt.
+        async with asyncio.timeout(options.connect_timeout + 1.0):
+            await client.connect(
+                servers=options.servers,
+                name=options.name,
+                error_cb=error_cb,
+                disconnected_cb=on_disconnect or noop,
+                reconnected_cb=on_reconnect or noop,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1 if reconnect else 1,
+                reconnect_time_wait=RECONNECT_WAIT,
+                connect_timeout=options.connect_timeout,
+                pending_size=PENDING_BYTES,
+                tls=tls,
+                user=options.user,
+                password=options.password,
+                token=options.token,
+                user_credentials=options.creds_file,
+                nkeys_seed=options.nkey_seed_file,
+            )
+    except (NatsError, NoServersError, OSError, TimeoutError, ssl.SSLError) as exc:
+        with contextlib.suppress(Exception):
+            await client.close()
+        cause = last[0] if last else exc
+        raise NatsConnectError(f"cannot connect to NATS at {options.url}: {_describe(cause)}") from None
+    if not reconnect:
+        client.options["allow_reconnect"] = False
+    connected = True
+    return client
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().removeprefix("nats: ").strip("'\"") or type(exc).__name__
+    if "authorization violation" in text.lower():
+        return (
+            "authorization violation (the server wants credentials: creds_file, nkey_seed_file, "
+            "user + password, or a token)"
+        )
+    if "no servers available" in text.lower() or isinstance(exc, TimeoutError):
+        return "no server answered"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return text.splitlines()[0]
