@@ -8,6 +8,7 @@ killed wait for a gate file, so the tests wait on counts, never on time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -266,7 +267,8 @@ def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hos
         plain.write_text(textwrap.dedent(config(server.url, LONE_B)))
         refused = run_host(plain, "h1")
         assert refused.returncode == 1
-        (line,) = refused.stderr.strip().splitlines()
+        assert "Traceback" not in refused.stderr
+        (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
         assert line.startswith("error: cannot connect to NATS at ") and "authorization violation" in line
         # With the credentials the config names (the password from an environment variable), it serves.
         signed = folder / "signed.yml"
@@ -279,3 +281,56 @@ def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hos
         host.start()
         assert "s3cret-pw" not in host.log_text()
         assert tagged_processes(host.tag)
+
+
+async def test_a_host_answers_a_run_from_jetstream_and_reports_its_processes(
+    tmp_path: Path, hosts: Hosts, nats: NatsServer
+) -> None:
+    """The host's end of the wire protocol alone: a run frame published to `run.b` is answered on `result`
+    with a RemoteReply naming the host and the process; reports arrive on `hosts`; SIGTERM ends it with a
+    `leaving` report and exit 0."""
+    from llmling.ipc.jetstream import decode, encode, ensure_results_consumer, ensure_stream, run_msg_id
+    from llmling.ipc.nats_connect import NatsOptions, connect
+    from llmling.ipc.nats_subjects import Subjects
+
+    folder = tmp_path / "system"
+    folder.mkdir()
+    (folder / "work.py").write_text(WORK)
+    config_file = folder / "xh.yml"
+    config_file.write_text(textwrap.dedent(config(nats.url, LONE_B)))
+    subjects = Subjects("llmling", "xh")
+    client = await connect(NatsOptions(nats.url))
+    try:
+        js = client.jetstream()
+        await ensure_stream(js, subjects)
+        await ensure_results_consumer(js, subjects, 5.0)
+        reports: list[dict] = []  # type: ignore[type-arg]
+
+        async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
+            reports.append(decode(msg.data))
+
+        await client.subscribe(subjects.hosts, cb=on_report)
+        host = hosts.make(config_file, "h1")
+        await asyncio.to_thread(host.start)
+        (pid,) = host.pids("b")
+        frame = {
+            "t": "run", "id": "run-1", "prompt": "hi", "trace_id": "t-1", "parent_id": None,
+            "hops": 0, "stream": False, "attempt": 1, "timeout": 30,
+        }  # fmt: skip
+        await js.publish(subjects.run("b"), encode(frame), headers=run_msg_id("run-1", 1))
+        results = await js.pull_subscribe_bind(subjects.results_consumer, stream=subjects.stream)
+        (msg,) = await results.fetch(1, timeout=30)
+        reply = decode(msg.data)
+        await msg.ack()
+        assert reply["id"] == "run-1" and reply["attempt"] == 1
+        assert reply["host"] == "h1" and reply["pid"] == pid
+        assert reply["reply"]["t"] == "result" and reply["reply"]["content"] == f"{pid}: hi"
+        await asyncio.to_thread(wait_until, lambda: reports, 30, "a host report")
+        first = reports[0]
+        assert first["host"] == "h1" and not first["leaving"] and first["pid"] == host.process.pid
+        (process,) = first["agents"]["b"]
+        assert process["pid"] == pid and process["host"] == "h1" and process["state"] == "ready"
+        assert await asyncio.to_thread(host.stop) == 0, host.log_text()
+        await asyncio.to_thread(wait_until, lambda: reports[-1]["leaving"], 30, "the leaving report")
+    finally:
+        await client.close()
