@@ -105,6 +105,8 @@ class AgentHost:
             ) from None
 
     async def _lost(self) -> None:
+        if self.nats is None:
+            return  # the first connect failing (nats-py calls this on its way out): reported by `connect`
         self.log.warning("lost NATS; reconnecting (the agents keep running)")
         self.system.emit({"event": "nats", "state": "disconnected", "host": self.name})
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests._automation import free_port, wait_until
 from tests._hosts import Hosts
 from tests.conftest import Systems
 from tests.test_delivery import history_ids, post_many, query
+from tests.test_systemd import parse_unit, receive_all
 
 # `whoami` answers with its pid; `gated` notes "start <run id> <pid>" in runs.txt, waits for GATE beside it,
 # notes "done <run id> <pid>" and answers with its pid.
@@ -334,3 +336,58 @@ async def test_a_host_answers_a_run_from_jetstream_and_reports_its_processes(
         await asyncio.to_thread(wait_until, lambda: reports[-1]["leaving"], 30, "the leaving report")
     finally:
         await client.close()
+
+
+def test_a_host_under_systemd_notify(tmp_path: Path, short_dir: Path, hosts: Hosts, nats: NatsServer) -> None:
+    """Type=notify: READY=1 once its processes are READY and NATS is connected; STOPPING=1 on SIGTERM."""
+    folder = tmp_path / "system"
+    folder.mkdir()
+    (folder / "work.py").write_text(WORK)
+    config_file = folder / "xh.yml"
+    config_file.write_text(textwrap.dedent(config(nats.url, LONE_B)))
+    path = short_dir / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        host = hosts.make(config_file, "h1", "--replicas", "b=2", env={"NOTIFY_SOCKET": str(path)})
+        host.spawn()
+        ready = receive_all(sock, "READY=1")[-1].splitlines()
+        assert "READY=1" in ready
+        assert any(line.startswith("STATUS=running: 1/1 agents ready") for line in ready), ready
+        assert len(host.pids("b")) == 2
+        assert host.process is not None
+        host.process.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in receive_all(sock, "STOPPING=1")[-1].splitlines()
+        assert host.process.wait(30) == 0
+    assert wait_gone(host.tag, 15) == []
+
+
+def test_systemd_unit_of_a_host(tmp_path: Path) -> None:
+    config_file = tmp_path / "agents.yml"
+    config_file.write_text(textwrap.dedent(config("nats://127.0.0.1:4222", LONE_B)))
+    command = [
+        *llmling_command(),
+        "systemd-unit",
+        "--host",
+        str(config_file),
+        "--replicas",
+        "b=2",
+        "--name",
+        "gpu1",
+    ]
+    unit = parse_unit(subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout)
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["KillMode"] == "mixed" and "ExecReload" not in service
+    assert service["ExecStart"].split()[1:] == [
+        "host",
+        "--config",
+        str(config_file),
+        "--replicas",
+        "b=2",
+        "--name",
+        "gpu1",
+    ]
+    assert service["EnvironmentFile"] == "-%E/llmling/xh.env"
+    assert "LLMLING_SOCKET" not in service.get("Environment", "")
+    # A host of a config without NATS, or of an agent it does not have, is refused with one line.
+    refused = subprocess.run([*command[:-4], "--only", "nope"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --only: unknown agent 'nope'")
