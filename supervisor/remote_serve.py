@@ -49,12 +49,14 @@ async def serve_agent(
     agent: str,
     runner: AgentRunner,
     ack_wait: float,
-    places: int,
+    places: int | None = None,
     host: str | None = None,
     grace: float = 10.0,
 ) -> None:
-    """Serve `agent`'s runs from its durable consumer with `runner` (`places` runs at once) until cancelled."""
+    """Serve `agent`'s runs from its durable consumer with `runner` until cancelled: `places` runs at once
+    (default: the runner's concurrency x its processes)."""
     log = logger.bind(agent=agent)
+    places = places or runner_places(runner)
     host = host or socket.gethostname()
     sub = await js.pull_subscribe_bind(subjects.consumer(agent), stream=subjects.stream)
     free = asyncio.Semaphore(places)
@@ -87,6 +89,12 @@ async def serve_agent(
                 await asyncio.wait(set(handlers))
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+def runner_places(runner: AgentRunner) -> int:
+    """Runs `runner` takes at once: its `concurrency` per process (a replica set lists its `processes`)."""
+    status = runner.status()
+    return max(1, int(status["concurrency"] or 1) * max(1, len(status.get("processes") or [status])))
 
 
 async def _fetch_one(sub: Any, runner: AgentRunner, log: Any) -> list[Msg]:
