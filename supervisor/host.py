@@ -70,6 +70,8 @@ class AgentHost:
         )
         self.log = self.system.log.bind(agent=f"host {self.name}")
         self.nats: Client | None = None
+        # True once the host closes its NATS connection itself (the disconnect that follows is no loss).
+        self.closing = False
         self.serving = HostServing(self)
         self.system.services.append(self.serving)
         # Set by a second Ctrl+C/SIGTERM: runs in flight are not waited for (nak'ed at once).
@@ -105,8 +107,8 @@ class AgentHost:
             ) from None
 
     async def _lost(self) -> None:
-        if self.nats is None:
-            return  # the first connect failing (nats-py calls this on its way out): reported by `connect`
+        if self.nats is None or self.closing:
+            return  # the first connect failing, or our own close: nothing to warn about
         self.log.warning("lost NATS; reconnecting (the agents keep running)")
         self.system.emit({"event": "nats", "state": "disconnected", "host": self.name})
 
@@ -126,6 +128,7 @@ class AgentHost:
             return 0
         finally:
             if self.nats is not None:
+                self.closing = True
                 await close_quietly(self.nats)
 
     def report(self, leaving: bool = False) -> HostReport:
@@ -182,15 +185,13 @@ class HostServing:
         assert host.nats is not None
         js = host.nats.jetstream()
         for name, runner in system.slots.items():
-            # One run fetched per free place: each process of the agent serves `concurrency` at once.
-            places = system.config.agents[name].concurrency * host.agents[name]
+            # One run fetched per free place (`concurrency` per process of the agent).
             serving = serve_agent(
                 js,
                 host.subjects,
                 name,
                 runner,
                 host.nats_config.ack_wait,
-                places,
                 host=host.name,
                 grace=system.config.shutdown_timeout,
             )
