@@ -188,15 +188,12 @@ async def test_sigkill_of_a_replica_with_500_runs_accepted_loses_none(
     victim_run, victim = runs_noted(folder, "start")[0]
     assert victim in host.pids("work")
     os.kill(victim, signal.SIGKILL)
-    # The killed run goes back to the queue (nak) and starts again elsewhere, under the same id.
-    wait_until(
-        lambda: [run for run, pid in runs_noted(folder, "start") if run == victim_run and pid != victim],
-        timeout=60,
-        what="the killed run redelivered",
-    )
     (folder / "GATE").touch()
     check_flood_outcome(system, folder, accepted)
     assert victim not in pids_in_history(system)
+    # The killed run went back to the queue (nak) and ran again in another process, under the same id.
+    again = [pid for run, pid in runs_noted(folder, "start") if run == victim_run]
+    assert again[0] == victim and len(again) >= 2 and victim not in again[1:]
 
 
 async def test_sigkill_of_one_host_of_two_with_500_runs_accepted_loses_none(
