@@ -31,6 +31,7 @@ from llmling.ipc.jetstream import encode, ensure_run_consumer, ensure_stream, ma
 from llmling.ipc.messages import HostReport, ProcessStatus
 from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
+from llmling.ipc.peer import Peer
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
 from llmling.supervisor.notify import SystemdNotifier
 from llmling.supervisor.spawner import stop_helpers
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
+
+
+class HostSystem(Supervisor):
+    """The host's local system: a Supervisor that refuses `reload` (its config is a reduced copy; a changed
+    config file reaches a host when it is restarted)."""
+
+    def request_reload(self, peer: Peer | None = None, message: Message | None = None) -> None:
+        self.log.warning("reload refused: an agent host applies a changed config when it is restarted")
+        if peer is not None and message is not None:
+            peer.reply(message, {"t": "error", "error": "an agent host does not reload; restart it"})
 
 
 class AgentHost:
@@ -65,7 +76,7 @@ class AgentHost:
         # A fresh id per host process: the supervisor tells a restarted host from the one it replaces.
         self.host_id = uuid.uuid4().hex
         local = host_config(config, self.agents, self.name)
-        self.system = Supervisor(
+        self.system = HostSystem(
             local, socket=host_socket(config.name, self.name, socket), on_event=on_event, log_level=log_level
         )
         self.log = self.system.log.bind(agent=f"host {self.name}")
@@ -74,12 +85,10 @@ class AgentHost:
         self.closing = False
         self.serving = HostServing(self)
         self.system.services.append(self.serving)
-        # Set by a second Ctrl+C/SIGTERM: runs in flight are not waited for (nak'ed at once).
-        self.force = asyncio.Event()
 
     def request_stop(self, force: bool = False) -> None:
-        if force:
-            self.force.set()
+        """Begin the stop (see the module's docstring); `force` skips the supervisor's own drain only: runs in
+        flight on this host get up to `shutdown_timeout` either way (then they are nak'ed)."""
         self.system.request_stop(force)
 
     async def connect(self) -> None:

@@ -139,6 +139,11 @@ def test_a_chain_with_b_on_another_host(nats: NatsServer, systems: Systems, host
         timeout=30,
         what="b's remote process in status",
     )
+    # The host's own socket shows its processes; it does not reload (its config is a reduced copy).
+    refused = subprocess.run(
+        [*llmling_command(), "reload", "--socket", str(host.socket)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1 and "an agent host does not reload" in refused.stderr
     # Ctrl+C/SIGTERM of the host: exit 0, nothing of it left.
     assert host.stop() == 0, host.log_text()
     assert wait_gone(host.tag, 15) == []
