@@ -268,7 +268,9 @@ def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hos
         folder.mkdir()
         (folder / "work.py").write_text(WORK)
         plain = folder / "plain.yml"
-        plain.write_text(textwrap.dedent(config(server.url, LONE_B)))
+        plain.write_text(
+            textwrap.dedent(config(server.url, LONE_B)).replace("ack_wait: 1", "ack_wait: 1, connect_timeout: 2")
+        )
         refused = run_host(plain, "h1")
         assert refused.returncode == 1
         assert "Traceback" not in refused.stderr
