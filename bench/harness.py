@@ -50,6 +50,22 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def chain_meta(load_before: tuple[float, float, float], messages: int, clients: int) -> dict[str, object]:
+    """The `meta` of a chain bench's JSON: when, where, under which load, with how many messages."""
+    import platform
+
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "messages": messages,
+        "clients": clients,
+        "chain": "a >> b >> c (callback agents), send with wait: 3 runs and 2 hops per message",
+    }
+
+
 # -- statistics ------------------------------------------------------------------------------------------------
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""

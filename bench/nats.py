@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from delivery import Connection, hop_latency, throughput
-from harness import LLMLING, ROOT, System, Workspace, child_env, log, percentile
+from harness import LLMLING, ROOT, System, Workspace, chain_meta, child_env, log, percentile
 
 from llmling.ipc.client import Client
 from llmling.testing import NatsServer
@@ -142,21 +141,7 @@ async def lone_cost(socket: str, count: int) -> dict[str, Any]:
 
 async def slow_throughput(socket: str, agent: str, messages: int, clients: int) -> float:
     """runs/s of `messages` sends to a slow agent from `clients` connections."""
-    connections = [await Connection.open(socket, f"{agent}{i}") for i in range(clients)]
-    left = messages
-
-    async def client(connection: Connection) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await connection.send(agent, "s")
-
-    began = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in connections))
-    wall = time.perf_counter() - began
-    for connection in connections:
-        connection.close()
-    return round(messages / wall, 1)
+    return float((await throughput(socket, messages, clients, agent))["msg_per_s"])
 
 
 def bench_socket(ws: Workspace, args: argparse.Namespace) -> dict[str, Any]:
@@ -216,16 +201,7 @@ def main() -> None:
         ws.remove()
     scaling = over["slow_50ms"]["scaling"]
     out: dict[str, Any] = {
-        "meta": {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "messages": args.messages,
-            "clients": args.clients,
-            "chain": "a >> b >> c (callback agents), send with wait: 3 runs and 2 hops per message",
-        },
+        "meta": chain_meta(load_before, args.messages, args.clients),
         "socket": sock,
         "nats": over,
         "nats_vs_socket_throughput": round(over["msg_per_s"] / sock["msg_per_s"], 3),

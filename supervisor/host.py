@@ -34,6 +34,7 @@ from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import Peer
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
 from llmling.supervisor.notify import SystemdNotifier
+from llmling.supervisor.serve import stop_on_signals
 from llmling.supervisor.spawner import stop_helpers
 from llmling.supervisor.system import Supervisor
 
@@ -252,15 +253,7 @@ async def serve_host(host: AgentHost) -> int:
         host.system.add_listener(notifier.on_event)
         watchdog = asyncio.create_task(notifier.watchdog(), name="sd-watchdog")
     loop = asyncio.get_running_loop()
-    seen = 0
-
-    def on_signal() -> None:
-        nonlocal seen
-        seen += 1
-        host.request_stop(force=seen > 1)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(loop, host.request_stop)
     try:
         return await host.run()
     finally:

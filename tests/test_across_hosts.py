@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from llmling.testing import NatsServer, llmling_command, tagged_processes, wait_gone
+from llmling.testing import NatsServer, SystemProcess, llmling_command, tagged_processes, wait_gone
 from tests._automation import free_port, wait_until
 from tests._hosts import Hosts
 from tests.conftest import Systems
@@ -94,6 +94,16 @@ def webhook_agent(port: int, callback: str, replicas: int) -> str:
         """
 
 
+def flood_system(
+    nats: NatsServer, systems: Systems, callback: str, replicas: int
+) -> tuple[SystemProcess, str, Path]:
+    """`up` of one remote agent `work` with a webhook (its URL) and `replicas`; started (no host yet)."""
+    port = free_port()
+    system = systems.make(config(nats.url, webhook_agent(port, callback, replicas)), modules={"work": WORK})
+    system.start(until=system_ready)
+    return system, f"http://127.0.0.1:{port}/in", system.config.parent
+
+
 def system_ready(status: dict) -> bool:  # type: ignore[type-arg]
     return status.get("state") == "ready"
 
@@ -104,7 +114,7 @@ def runs_noted(folder: Path, kind: str) -> list[tuple[str, int]]:
     return [(run_id, int(pid)) for what, run_id, pid in (line.split() for line in lines) if what == kind]
 
 
-def pids_in_history(system) -> dict[int, int]:  # type: ignore[no-untyped-def]
+def pids_in_history(system: SystemProcess) -> dict[int, int]:
     """Runs per answering pid, from the history's contents ("<pid>: <prompt>")."""
     counts: dict[int, int] = {}
     for (content,) in query(system, "SELECT content FROM runs"):
@@ -152,13 +162,11 @@ def test_a_chain_with_b_on_another_host(nats: NatsServer, systems: Systems, host
 async def test_replicas_3_spread_300_runs_over_three_processes(
     nats: NatsServer, systems: Systems, hosts: Hosts
 ) -> None:
-    port = free_port()
-    system = systems.make(config(nats.url, webhook_agent(port, "work:whoami", 3)), modules={"work": WORK})
-    system.start(until=system_ready)
+    system, url, _ = flood_system(nats, systems, "work:whoami", 3)
     host = hosts.start(system.config, "h1")
     pids = host.pids("work")
     assert len(pids) == 3
-    accepted = await post_many(f"http://127.0.0.1:{port}/in", 300)
+    accepted = await post_many(url, 300)
     assert len(accepted) == 300
     wait_until(lambda: len(history_ids(system)) >= 300, timeout=90, what="300 outcomes")
     assert sorted(history_ids(system)) == sorted(accepted)
@@ -167,7 +175,7 @@ async def test_replicas_3_spread_300_runs_over_three_processes(
     assert sum(served.values()) == 300
 
 
-def check_flood_outcome(system, folder: Path, accepted: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def check_flood_outcome(system: SystemProcess, folder: Path, accepted: dict[str, str]) -> None:
     """N accepted → N outcomes under their ids, 0 lost; a run that started twice kept its id."""
     wait_until(lambda: len(history_ids(system)) >= len(accepted), timeout=120, what="every outcome")
     rows = query(system, "SELECT run_id, prompt FROM runs")
@@ -181,12 +189,9 @@ def check_flood_outcome(system, folder: Path, accepted: dict[str, str]) -> None:
 async def test_sigkill_of_a_replica_with_500_runs_accepted_loses_none(
     nats: NatsServer, systems: Systems, hosts: Hosts
 ) -> None:
-    port = free_port()
-    system = systems.make(config(nats.url, webhook_agent(port, "work:gated", 3)), modules={"work": WORK})
-    folder = system.config.parent
-    system.start(until=system_ready)
+    system, url, folder = flood_system(nats, systems, "work:gated", 3)
     host = hosts.start(system.config, "h1")
-    accepted = await post_many(f"http://127.0.0.1:{port}/in", 500)
+    accepted = await post_many(url, 500)
     assert len(accepted) == 500
     # Each replica holds one run in flight (the gate is closed).
     wait_until(lambda: len(runs_noted(folder, "start")) >= 3, timeout=60, what="3 runs in flight")
@@ -204,14 +209,11 @@ async def test_sigkill_of_a_replica_with_500_runs_accepted_loses_none(
 async def test_sigkill_of_one_host_of_two_with_500_runs_accepted_loses_none(
     nats: NatsServer, systems: Systems, hosts: Hosts
 ) -> None:
-    port = free_port()
-    system = systems.make(config(nats.url, webhook_agent(port, "work:gated", 1)), modules={"work": WORK})
-    folder = system.config.parent
-    system.start(until=system_ready)
+    system, url, folder = flood_system(nats, systems, "work:gated", 1)
     doomed = hosts.start(system.config, "h1", "--replicas", "work=2")
     survivor = hosts.start(system.config, "h2")
     doomed_pids = doomed.pids("work")
-    accepted = await post_many(f"http://127.0.0.1:{port}/in", 500)
+    accepted = await post_many(url, 500)
     assert len(accepted) == 500
     wait_until(
         lambda: len({pid for _, pid in runs_noted(folder, "start")} & set(doomed_pids)) == 2,
@@ -233,12 +235,9 @@ async def test_sigkill_of_one_host_of_two_with_500_runs_accepted_loses_none(
 async def test_nats_server_restart_mid_flood_loses_nothing(
     nats: NatsServer, systems: Systems, hosts: Hosts
 ) -> None:
-    port = free_port()
-    system = systems.make(config(nats.url, webhook_agent(port, "work:gated", 2)), modules={"work": WORK})
-    folder = system.config.parent
-    system.start(until=system_ready)
+    system, url, folder = flood_system(nats, systems, "work:gated", 2)
     hosts.start(system.config, "h1")
-    accepted = await post_many(f"http://127.0.0.1:{port}/in", 300)
+    accepted = await post_many(url, 300)
     assert len(accepted) == 300
     wait_until(lambda: runs_noted(folder, "start"), timeout=60, what="a run in flight")
     nats.restart(kill=True)  # JetStream's file storage keeps the stream and the consumers
