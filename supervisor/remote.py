@@ -58,7 +58,7 @@ UNCLAIMED_MAX = 10_000
 UNCLAIMED_AGE = 600.0
 # Replies read from the results consumer per fetch, and seconds one fetch waits.
 RESULTS_BATCH = 64
-FETCH_WAIT = 5.0
+FETCH_WAIT = 2.0
 # Seconds between tries of a publish or a fetch while the server does not answer.
 RETRY_WAIT = 0.2
 # Seconds one publish waits for its PubAck before it is tried again (same Nats-Msg-Id: stored once).
@@ -131,8 +131,9 @@ class NatsLink:
         """After the drain: stop the results task (its fetch ends within FETCH_WAIT) and close the connection."""
         self._closing = True
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5.0)
+            if self.connected.is_set():  # a disconnected client has nothing to drain: closed at once
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.nc.drain(), 5.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
         self.connected.clear()

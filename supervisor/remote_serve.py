@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 
 # Seconds one fetch waits for a run before asking again (also how soon a cancelled loop notices nothing).
-FETCH_WAIT = 5.0
+FETCH_WAIT = 2.0
 # Seconds between two tries when the server is unreachable or the runner is not ready.
 IDLE_WAIT = 0.2
 # Seconds before a nak'ed run (its process died or is not available) is offered again.
