@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -507,7 +508,7 @@ class HybridAgent:
         remote = self.remote.status()
         own: list[ProcessStatus] = local.get("processes") or [
             {
-                "host": "",
+                "host": socket.gethostname(),
                 "pid": local["pid"],
                 "state": local["state"],
                 "restarts": local["restarts"],

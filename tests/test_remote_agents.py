@@ -206,6 +206,28 @@ def test_status_is_unreachable_while_nats_is_away_and_local_agents_keep_working(
     wait_until(lambda: state_is(system, "b", "ready"), timeout=30, what="b ready again")
 
 
+def test_placement_any_runs_locally_while_a_place_is_free_then_on_a_host(
+    systems: Systems, hosts: Hosts, nats: NatsServer
+) -> None:
+    system = systems.make(
+        config(nats.url, "  b: {callback: 'work:gated', placement: any}"), modules={"work": WORK}
+    )
+    folder = system.config.parent
+    system.start(until=up)
+    host = hosts.start(system.config, "h1")
+    (remote_pid,) = host.pids("b")
+    wait_until(lambda: len(entry(system, "b")["processes"]) == 2, timeout=30, what="both of b's processes")
+    local_pid = entry(system, "b")["pid"]
+    first = SendInThread(system, "b", "one")
+    wait_until(lambda: runs_noted(folder, "start"), timeout=60, what="the first run started")
+    second = SendInThread(system, "b", "two")  # the local place is taken: over NATS
+    wait_until(lambda: len(runs_noted(folder, "start")) == 2, timeout=60, what="the second run started")
+    assert [pid for _, pid in runs_noted(folder, "start")] == [local_pid, remote_pid]
+    (folder / "GATE").touch()
+    assert first.join()["content"] == f"{local_pid}: one"
+    assert second.join()["content"] == f"{remote_pid}: two"
+
+
 def test_connection_problems_fail_the_start_with_one_line(systems: Systems, nats: NatsServer) -> None:
     agents = "  b: {callback: 'cb:echo', placement: remote}"
     missing = systems.make(config(nats.url, agents, ", user: u, password_env: LLMLING_TEST_NO_SUCH_VAR"))
