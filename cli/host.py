@@ -72,7 +72,7 @@ def run(
     from llmling.supervisor.host import run_host
 
     progress = Progress(len(agents), quiet)
-    shown = ", ".join(f"{agent} x{count}" if count > 1 else agent for agent, count in agents.items())
+    shown = ", ".join(f"{agent} ({count} processes)" if count > 1 else agent for agent, count in agents.items())
     progress._say(f"host {name!r} of {config.name!r}: starting {shown}")
     try:
         return run_host(

@@ -27,6 +27,8 @@ import uvloop
 
 from llmling.config import SystemConfig
 from llmling.errors import StartupError, StartupInterrupted
+from llmling.ipc.jetstream import encode, ensure_run_consumer, ensure_stream, max_deliveries
+from llmling.ipc.messages import HostReport, ProcessStatus
 from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
-# The fields of one process in a HostReport (and in the supervisor's status of a remote agent).
-PROCESS_FIELDS = ("pid", "state", "restarts", "running", "queued", "error")
 
 
 class AgentHost:
@@ -81,14 +81,32 @@ class AgentHost:
         self.system.request_stop(force)
 
     async def connect(self) -> None:
-        """Connect to NATS (raises StartupError with one line naming the URL: nothing has started yet)."""
-        options = options_from_config(self.nats_config, self.source.base_dir, f"llmling-host {self.name}")
+        """Connect to NATS and make sure the stream and this host's consumers exist (same settings as the
+        supervisor's, from the same config). Raises StartupError with one line: nothing has started yet."""
+        from nats.errors import Error as NatsError
+
         try:
+            options = options_from_config(self.nats_config, self.source.base_dir, f"llmling-host {self.name}")
             self.nats = await connect(options, on_disconnect=self._lost, on_reconnect=self._back)
         except NatsConnectError as exc:
             raise StartupError(str(exc)) from None
+        js = self.nats.jetstream()
+        try:
+            await ensure_stream(js, self.subjects)
+            for name in self.agents:
+                retry = self.source.agents[name].retry
+                deliveries = max_deliveries(retry.max_attempts, "crash" in retry.on)
+                await ensure_run_consumer(js, self.subjects, name, self.nats_config.ack_wait, deliveries)
+        except (NatsError, OSError, TimeoutError) as exc:
+            await close_quietly(self.nats)
+            self.nats = None
+            raise StartupError(
+                f"NATS at {options.url}: cannot set up the stream {self.subjects.stream}: {exc}"
+            ) from None
 
     async def _lost(self) -> None:
+        if self.nats is None:
+            return  # the first connect failing (nats-py calls this on its way out): reported by `connect`
         self.log.warning("lost NATS; reconnecting (the agents keep running)")
         self.system.emit({"event": "nats", "state": "disconnected", "host": self.name})
 
@@ -110,7 +128,7 @@ class AgentHost:
             if self.nats is not None:
                 await close_quietly(self.nats)
 
-    def report(self, leaving: bool = False) -> Message:
+    def report(self, leaving: bool = False) -> HostReport:
         """The `HostReport` of this host's processes as they are now."""
         return {
             "host": self.name,
@@ -121,10 +139,20 @@ class AgentHost:
         }
 
 
-def processes(status: Message, host: str) -> list[Message]:
-    """One dict per process of an agent's status (a replica set lists its processes under `processes`)."""
-    items = status.get("processes") or [status]
-    return [{"host": host, **{key: item.get(key) for key in PROCESS_FIELDS}} for item in items]
+def processes(status: Message, host: str) -> list[ProcessStatus]:
+    """One entry per process of an agent's status (a replica set lists its processes under `processes`)."""
+    return [
+        {
+            "host": host,
+            "pid": item["pid"],
+            "state": item["state"],
+            "restarts": item["restarts"],
+            "running": item["running"],
+            "queued": item["queued"],
+            "error": item["error"],
+        }
+        for item in status.get("processes") or [status]
+    ]
 
 
 async def close_quietly(client: Client) -> None:
@@ -154,10 +182,19 @@ class HostServing:
         assert host.nats is not None
         js = host.nats.jetstream()
         for name, runner in system.slots.items():
-            task = system.spawn_service_task(
-                serve_agent(js, host.subjects, name, runner, host.nats_config.ack_wait), name=f"serve-{name}"
+            # One run fetched per free place: each process of the agent serves `concurrency` at once.
+            places = system.config.agents[name].concurrency * host.agents[name]
+            serving = serve_agent(
+                js,
+                host.subjects,
+                name,
+                runner,
+                host.nats_config.ack_wait,
+                places,
+                host=host.name,
+                grace=system.config.shutdown_timeout,
             )
-            self._tasks.append(task)
+            self._tasks.append(system.spawn_service_task(serving, name=f"serve-{name}"))
         self._tasks.append(system.spawn_service_task(self._reports(), name="host-reports"))
 
     async def _reports(self) -> None:
@@ -168,20 +205,20 @@ class HostServing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
 
-    async def _publish(self, report: Message) -> None:
-        import json
-
+    async def _publish(self, report: HostReport) -> None:
         from nats.errors import Error as NatsError
 
         nats = self.host.nats
         if nats is None or not nats.is_connected:
             return  # reports are periodic: the next one after the reconnect says the same
         try:
-            await nats.publish(self.host.subjects.hosts, json.dumps(report).encode())
+            await nats.publish(self.host.subjects.hosts, encode(dict(report)))
         except (NatsError, OSError) as exc:
             self.host.log.warning("host report not sent: {}", exc)
 
     async def stop(self) -> None:
+        """No new fetch; runs in flight get `shutdown_timeout` (inside `serve_agent`), the rest are nak'ed;
+        then the last report (`leaving`) goes out."""
         self._stop.set()
         for task in self._tasks:
             task.cancel()

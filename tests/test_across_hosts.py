@@ -8,9 +8,11 @@ killed wait for a gate file, so the tests wait on counts, never on time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from tests._automation import free_port, wait_until
 from tests._hosts import Hosts
 from tests.conftest import Systems
 from tests.test_delivery import history_ids, post_many, query
+from tests.test_systemd import parse_unit, receive_all
 
 # `whoami` answers with its pid; `gated` notes "start <run id> <pid>" in runs.txt, waits for GATE beside it,
 # notes "done <run id> <pid>" and answers with its pid.
@@ -266,7 +269,8 @@ def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hos
         plain.write_text(textwrap.dedent(config(server.url, LONE_B)))
         refused = run_host(plain, "h1")
         assert refused.returncode == 1
-        (line,) = refused.stderr.strip().splitlines()
+        assert "Traceback" not in refused.stderr
+        (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
         assert line.startswith("error: cannot connect to NATS at ") and "authorization violation" in line
         # With the credentials the config names (the password from an environment variable), it serves.
         signed = folder / "signed.yml"
@@ -279,3 +283,111 @@ def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hos
         host.start()
         assert "s3cret-pw" not in host.log_text()
         assert tagged_processes(host.tag)
+
+
+async def test_a_host_answers_a_run_from_jetstream_and_reports_its_processes(
+    tmp_path: Path, hosts: Hosts, nats: NatsServer
+) -> None:
+    """The host's end of the wire protocol alone: a run frame published to `run.b` is answered on `result`
+    with a RemoteReply naming the host and the process; reports arrive on `hosts`; SIGTERM ends it with a
+    `leaving` report and exit 0."""
+    from llmling.ipc.jetstream import decode, encode, ensure_results_consumer, ensure_stream, run_msg_id
+    from llmling.ipc.nats_connect import NatsOptions, connect
+    from llmling.ipc.nats_subjects import Subjects
+
+    folder = tmp_path / "system"
+    folder.mkdir()
+    (folder / "work.py").write_text(WORK)
+    config_file = folder / "xh.yml"
+    config_file.write_text(textwrap.dedent(config(nats.url, LONE_B)))
+    subjects = Subjects("llmling", "xh")
+    client = await connect(NatsOptions(nats.url))
+    try:
+        js = client.jetstream()
+        await ensure_stream(js, subjects)
+        await ensure_results_consumer(js, subjects, 5.0)
+        reports: list[dict] = []  # type: ignore[type-arg]
+
+        async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
+            reports.append(decode(msg.data))
+
+        await client.subscribe(subjects.hosts, cb=on_report)
+        host = hosts.make(config_file, "h1")
+        await asyncio.to_thread(host.start)
+        (pid,) = host.pids("b")
+        frame = {
+            "t": "run", "id": "run-1", "prompt": "hi", "trace_id": "t-1", "parent_id": None,
+            "hops": 0, "stream": False, "attempt": 1, "timeout": 30,
+        }  # fmt: skip
+        await js.publish(subjects.run("b"), encode(frame), headers=run_msg_id("run-1", 1))
+        results = await js.pull_subscribe_bind(subjects.results_consumer, stream=subjects.stream)
+        (msg,) = await results.fetch(1, timeout=30)
+        reply = decode(msg.data)
+        await msg.ack()
+        assert reply["id"] == "run-1" and reply["attempt"] == 1
+        assert reply["host"] == "h1" and reply["pid"] == pid
+        assert reply["reply"]["t"] == "result" and reply["reply"]["content"] == f"{pid}: hi"
+        await asyncio.to_thread(wait_until, lambda: reports, 30, "a host report")
+        first = reports[0]
+        assert first["host"] == "h1" and not first["leaving"] and first["pid"] == host.process.pid
+        (process,) = first["agents"]["b"]
+        assert process["pid"] == pid and process["host"] == "h1" and process["state"] == "ready"
+        assert await asyncio.to_thread(host.stop) == 0, host.log_text()
+        await asyncio.to_thread(wait_until, lambda: reports[-1]["leaving"], 30, "the leaving report")
+    finally:
+        await client.close()
+
+
+def test_a_host_under_systemd_notify(tmp_path: Path, short_dir: Path, hosts: Hosts, nats: NatsServer) -> None:
+    """Type=notify: READY=1 once its processes are READY and NATS is connected; STOPPING=1 on SIGTERM."""
+    folder = tmp_path / "system"
+    folder.mkdir()
+    (folder / "work.py").write_text(WORK)
+    config_file = folder / "xh.yml"
+    config_file.write_text(textwrap.dedent(config(nats.url, LONE_B)))
+    path = short_dir / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        host = hosts.make(config_file, "h1", "--replicas", "b=2", env={"NOTIFY_SOCKET": str(path)})
+        host.spawn()
+        ready = receive_all(sock, "READY=1")[-1].splitlines()
+        assert "READY=1" in ready
+        assert any(line.startswith("STATUS=running: 1/1 agents ready") for line in ready), ready
+        assert len(host.pids("b")) == 2
+        assert host.process is not None
+        host.process.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in receive_all(sock, "STOPPING=1")[-1].splitlines()
+        assert host.process.wait(30) == 0
+    assert wait_gone(host.tag, 15) == []
+
+
+def test_systemd_unit_of_a_host(tmp_path: Path) -> None:
+    config_file = tmp_path / "agents.yml"
+    config_file.write_text(textwrap.dedent(config("nats://127.0.0.1:4222", LONE_B)))
+    command = [
+        *llmling_command(),
+        "systemd-unit",
+        "--host",
+        str(config_file),
+        "--replicas",
+        "b=2",
+        "--name",
+        "gpu1",
+    ]
+    unit = parse_unit(subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout)
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["KillMode"] == "mixed" and "ExecReload" not in service
+    assert service["ExecStart"].split()[1:] == [
+        "host",
+        "--config",
+        str(config_file),
+        "--replicas",
+        "b=2",
+        "--name",
+        "gpu1",
+    ]
+    assert service["EnvironmentFile"] == "-%E/llmling/xh.env"
+    assert "LLMLING_SOCKET" not in service.get("Environment", "")
+    # A host of a config without NATS, or of an agent it does not have, is refused with one line.
+    refused = subprocess.run([*command[:-4], "--only", "nope"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --only: unknown agent 'nope'")
