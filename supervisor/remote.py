@@ -38,6 +38,7 @@ from llmling.ipc.messages import HostReport, ProcessStatus, RemoteReply, ResultF
 from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import OnChunk
+from llmling.supervisor.remote_serve import runner_places
 from llmling.supervisor.runner import AgentRunner
 from llmling.supervisor.slot import TIMEOUT_GRACE
 
@@ -528,7 +529,7 @@ class HybridAgent:
 
     def _local_free(self) -> bool:
         status = self.local.status()
-        return self.local.state == "ready" and status["running"] + status["queued"] < status["concurrency"]
+        return self.local.state == "ready" and status["running"] + status["queued"] < runner_places(self.local)
 
     def check_capacity(self) -> None:
         try:
