@@ -462,7 +462,10 @@ class RemoteAgent:
         state = self.state
         if state != self._reported:
             self._reported = state
-            self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": None})
+            hosts = sorted({process["host"] for process in self.link.processes(self.name)})
+            self._on_event(
+                {"event": "agent_state", "agent": self.name, "state": state, "pid": None, "hosts": hosts}
+            )
 
     async def restart(self, grace: float) -> None:
         """Nothing to restart here: the hosts own the processes (`llmling host` restarts them)."""
