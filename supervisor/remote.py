@@ -472,12 +472,10 @@ class RemoteAgent:
         self.log.info("restart of a remote agent: its hosts own its processes; nothing restarted")
 
     async def drain(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        """Wait up to `timeout` until no run of this agent waits for its reply; True when none does."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
 
     async def stop(self, grace: float) -> None:
         self._stopped.set()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from llmling.ipc.jetstream import decode, encode, result_msg_id
 from llmling.ipc.nats_connect import MAX_PAYLOAD, NatsConnectError, NatsOptions, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.testing import NatsServer, SystemProcess
+from tests import test_across_hosts
 from tests._automation import wait_until
 from tests._hosts import Hosts
 from tests.conftest import Systems
@@ -31,20 +31,9 @@ from tests.test_delivery import query
 
 SYSTEM = "system"  # the name tests.test_delivery.query finds the history of
 SUBJECTS = Subjects("llmling", SYSTEM)
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    factory = Hosts()
-    yield factory
-    problems = factory.close()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    with NatsServer(tmp_path / "nats") as server:
-        yield server
+# The fixtures of the across-hosts tests: `hosts` (llmling host processes, checked for leftovers) and `nats`.
+hosts = test_across_hosts.hosts
+nats = test_across_hosts.nats
 
 
 def config(url: str, agents: str, nats_extra: str = "") -> str:
