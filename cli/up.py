@@ -43,11 +43,13 @@ class Progress:
             if state == "failed" and not self.up:
                 self._say(f"  {agent:<20} failed: {event.get('error')}", force=True)
                 return
-            if self.up and state in ("restarting", "failed"):
+            if self.up and state in ("restarting", "failed", "unreachable"):
                 extra = f" in {event.get('delay')} s" if state == "restarting" else ""
                 self._say(f"  {agent:<20} {state}{extra}", force=True)
             elif self.up and state == "ready":
-                self._say(f"  {agent:<20} ready again (pid {event.get('pid')})", force=True)
+                # A remote agent's event names its hosts instead of a pid.
+                where = f"on {', '.join(event['hosts'])}" if event.get("hosts") else f"(pid {event.get('pid')})"
+                self._say(f"  {agent:<20} ready again {where}", force=True)
         elif kind == "system_ready":
             self.up = True
             elapsed = time.perf_counter() - self.started

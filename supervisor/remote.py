@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -37,6 +38,7 @@ from llmling.ipc.messages import HostReport, ProcessStatus, RemoteReply, ResultF
 from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import OnChunk
+from llmling.supervisor.remote_serve import runner_places
 from llmling.supervisor.runner import AgentRunner
 from llmling.supervisor.slot import TIMEOUT_GRACE
 
@@ -58,7 +60,7 @@ UNCLAIMED_MAX = 10_000
 UNCLAIMED_AGE = 600.0
 # Replies read from the results consumer per fetch, and seconds one fetch waits.
 RESULTS_BATCH = 64
-FETCH_WAIT = 5.0
+FETCH_WAIT = 2.0
 # Seconds between tries of a publish or a fetch while the server does not answer.
 RETRY_WAIT = 0.2
 # Seconds one publish waits for its PubAck before it is tried again (same Nats-Msg-Id: stored once).
@@ -131,8 +133,9 @@ class NatsLink:
         """After the drain: stop the results task (its fetch ends within FETCH_WAIT) and close the connection."""
         self._closing = True
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5.0)
+            if self.connected.is_set():  # a disconnected client has nothing to drain: closed at once
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.nc.drain(), 5.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
         self.connected.clear()
@@ -459,19 +462,20 @@ class RemoteAgent:
         state = self.state
         if state != self._reported:
             self._reported = state
-            self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": None})
+            hosts = sorted({process["host"] for process in self.link.processes(self.name)})
+            self._on_event(
+                {"event": "agent_state", "agent": self.name, "state": state, "pid": None, "hosts": hosts}
+            )
 
     async def restart(self, grace: float) -> None:
         """Nothing to restart here: the hosts own the processes (`llmling host` restarts them)."""
         self.log.info("restart of a remote agent: its hosts own its processes; nothing restarted")
 
     async def drain(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        """Wait up to `timeout` until no run of this agent waits for its reply; True when none does."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
 
     async def stop(self, grace: float) -> None:
         self._stopped.set()
@@ -506,7 +510,7 @@ class HybridAgent:
         remote = self.remote.status()
         own: list[ProcessStatus] = local.get("processes") or [
             {
-                "host": "",
+                "host": socket.gethostname(),
                 "pid": local["pid"],
                 "state": local["state"],
                 "restarts": local["restarts"],
@@ -526,7 +530,7 @@ class HybridAgent:
 
     def _local_free(self) -> bool:
         status = self.local.status()
-        return self.local.state == "ready" and status["running"] + status["queued"] < status["concurrency"]
+        return self.local.state == "ready" and status["running"] + status["queued"] < runner_places(self.local)
 
     def check_capacity(self) -> None:
         try:

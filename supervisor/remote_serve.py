@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 
 # Seconds one fetch waits for a run before asking again (also how soon a cancelled loop notices nothing).
-FETCH_WAIT = 5.0
+FETCH_WAIT = 2.0
 # Seconds between two tries when the server is unreachable or the runner is not ready.
 IDLE_WAIT = 0.2
-# Seconds before a nak'ed run (its process died or is not available) is offered again.
+# Seconds before a run is offered again when this host cannot run it (agent unavailable, reply not published).
+# A run whose process died (kind "crash") is nak'ed without a delay: JetStream then gives it to the next free
+# place before any new run (a delayed one would queue behind them while other places take new runs).
 NAK_DELAY = 0.5
 # Chunks of one run buffered towards NATS at most (older ones are dropped: chunks are best effort).
 CHUNK_BUFFER = 1024
@@ -149,7 +151,7 @@ async def _handle(
         except AgentRunError as exc:
             if exc.kind in REDELIVERED_KINDS:
                 log.warning("run {} attempt {} not run here ({}): {}", run_id, frame["attempt"], exc.kind, exc)
-                await msg.nak(delay=NAK_DELAY)
+                await msg.nak(delay=None if exc.kind == "crash" else NAK_DELAY)
                 return
             error: ErrorFrame = {"t": "error", "re": run_id, **exc.reply_fields()}  # type: ignore[typeddict-item]
             reply = {"id": run_id, "attempt": frame["attempt"], "host": host, "pid": _pid(runner), "reply": error}
