@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import select
 import shutil
 import signal
@@ -48,6 +49,16 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LLMLING_SOCKET"}
     env.update(extra)
     return env
+
+
+def machine() -> dict[str, object]:
+    """The `meta` of a bench's JSON: Python, CPUs, load average and when."""
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 # -- statistics ------------------------------------------------------------------------------------------------

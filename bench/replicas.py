@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,7 +30,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, log, percentile, summary
+from harness import ROOT, log, machine, percentile, summary
 
 from llmling.config import load_config
 from llmling.supervisor.runner import AgentRunner
@@ -157,12 +155,7 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=2000, help="runs of each side of the per-run cost")
     args = parser.parse_args()
     result = {
-        "meta": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "meta": machine(),
         **uvloop.run(measure(args)),
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")

@@ -26,8 +26,6 @@ import math
 import socket
 from collections.abc import Callable
 
-from loguru import logger
-
 from llmling.agent_proc.spec import AgentSpec
 from llmling.errors import AgentBusyError, AgentRunError
 from llmling.ipc.messages import ProcessStatus, ResultFrame, RunFrame
@@ -58,7 +56,6 @@ class AgentReplicas:
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
-        self.log = logger.bind(agent=name)
         # Invariant: the replicas that take runs, numbered 1..N in this order (None when N is 1).
         self.replicas: list[AgentSlot] = []
         # Invariant: runs admitted by `admit()` that have not entered `submit` nor been released.
