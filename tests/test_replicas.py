@@ -225,7 +225,7 @@ async def test_reload_adds_and_removes_replicas_and_keeps_the_others(tmp_path: P
         first = runner.pid
         path.write_text(path.read_text().replace("replicas: 1", "replicas: 3"))
         plan = await supervisor.reloader.reload(load_config(path))
-        assert plan.changed == ("spread",)
+        assert (plan.changed, plan.resized, plan.summary()) == ((), ("spread",), "replicas of spread")
         assert len(runner.replicas) == 3 and all(slot.state == "ready" for slot in runner.replicas)
         assert runner.pid == first  # the first process kept running; two were added
         assert [slot.label for slot in runner.replicas] == ["spread#1", "spread#2", "spread#3"]
@@ -238,7 +238,8 @@ async def test_reload_adds_and_removes_replicas_and_keeps_the_others(tmp_path: P
         # A changed setting besides the count restarts every process.
         path.write_text(path.read_text().replace("replicas: 2", "replicas: 2, concurrency: 2"))
         before = {slot.pid for slot in runner.replicas}
-        await supervisor.reloader.reload(load_config(path))
+        plan = await supervisor.reloader.reload(load_config(path))
+        assert (plan.changed, plan.resized) == (("spread",), ())
         after = {slot.pid for slot in runner.replicas}
         assert len(after) == 2 and not after & before
 
