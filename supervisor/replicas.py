@@ -158,6 +158,17 @@ class AgentReplicas:
         return sum(slot.running for slot in self.replicas)
 
     @property
+    def free_places(self) -> int:
+        """Runs that would start at once: free places of the READY replicas, less the runs waiting here (a
+        host serving runs from a shared queue fetches this many)."""
+        free = sum(
+            max(0, slot.policy.concurrency - slot.queued - slot.running)
+            for slot in self.replicas
+            if slot.takes_runs
+        )
+        return max(0, free - self.waiting)
+
+    @property
     def takes_runs(self) -> bool:
         """True while at least one replica's READY process takes new runs."""
         return any(slot.takes_runs for slot in self.replicas)

@@ -204,11 +204,13 @@ async def test_max_queue_counts_waiting_runs_across_replicas(tmp_path: Path) -> 
     )
     async with AgentPool(config) as pool:
         runner = await every_replica_ready(pool, "slow")
+        assert runner.free_places == 2
         slow = pool.get_agent("slow")
         runs = [asyncio.create_task(slow.run(f"run {n}")) for n in range(4)]
         # One run in each process, two waiting: the agent's queue (max_queue 2) is full.
         await until(lambda: runner.running == 2 and runner.queued == 2)
         assert [process["running"] for process in runner.status()["processes"]] == [1, 1]
+        assert runner.free_places == 0
         with pytest.raises(AgentBusyError) as caught:
             await slow.run("one more")
         assert str(caught.value) == "agent slow is busy (2 queued)"
