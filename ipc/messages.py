@@ -249,19 +249,7 @@ class BackgroundStopRequest(TypedDict):
     agent: str
 
 
-# -- over NATS (agent hosts ↔ supervisor; docs/ARCHITECTURE.md "Across hosts") ---------------------------------
-class ProcessStatus(TypedDict):
-    """One agent process as a status lists it (local or on an agent host)."""
-
-    host: str
-    pid: int | None
-    state: str
-    restarts: int
-    running: int
-    queued: int
-    error: str | None
-
-
+# -- over NATS (agent hosts ↔ supervisor; docs/ARCHITECTURE.md "Across hosts"; `ProcessStatus` above) ------------
 class RemoteReply(TypedDict):
     """A host's answer to a run it took from JetStream, published to `Subjects.result`."""
 

@@ -26,8 +26,6 @@ import math
 import socket
 from collections.abc import Callable
 
-from loguru import logger
-
 from llmling.agent_proc.spec import AgentSpec
 from llmling.errors import AgentBusyError, AgentRunError
 from llmling.ipc.messages import ProcessStatus, ResultFrame, RunFrame
@@ -58,7 +56,6 @@ class AgentReplicas:
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
-        self.log = logger.bind(agent=name)
         # Invariant: the replicas that take runs, numbered 1..N in this order (None when N is 1).
         self.replicas: list[AgentSlot] = []
         # Invariant: runs admitted by `admit()` that have not entered `submit` nor been released.
@@ -159,6 +156,17 @@ class AgentReplicas:
     @property
     def running(self) -> int:
         return sum(slot.running for slot in self.replicas)
+
+    @property
+    def free_places(self) -> int:
+        """Runs that would start at once: free places of the READY replicas, less the runs waiting here (a
+        host serving runs from a shared queue fetches this many)."""
+        free = sum(
+            max(0, slot.policy.concurrency - slot.queued - slot.running)
+            for slot in self.replicas
+            if slot.takes_runs
+        )
+        return max(0, free - self.waiting)
 
     @property
     def takes_runs(self) -> bool:

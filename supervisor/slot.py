@@ -179,8 +179,10 @@ class AgentSlot:
 
     @property
     def takes_runs(self) -> bool:
-        """True while a READY process takes new runs (not during a graceful restart)."""
-        return self._ready.is_set()
+        """True while a READY process takes new runs: not during a graceful restart, nor once its connection
+        closed (the process is ending)."""
+        peer = self.peer
+        return self._ready.is_set() and peer is not None and peer.is_open
 
     def status(self) -> Message:
         return {

@@ -322,7 +322,7 @@ class Supervisor:
             self._budget(new.agents[name].replicas)
             self.router.add_agent(name)
             self._group.create_task(slot.run(), name=f"slot-{name}")
-        await asyncio.gather(*(self._apply_agent(name, old, drain) for name in plan.changed))
+        await asyncio.gather(*(self._apply_agent(name, old, drain) for name in plan.changed + plan.resized))
         self.router.replace_config_routes(touched, routes)
         await self.triggers.start_kinds(new, plan.trigger_kinds)
         self.background.start_jobs(new, plan.background)

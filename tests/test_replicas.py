@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from llmling import AgentPool
 from llmling.config import load_config
-from llmling.errors import AgentBusyError
+from llmling.errors import AgentBusyError, AgentRunError
 from llmling.supervisor.replicas import AgentReplicas
 from tests._automation import wait_until
 from tests._slots import cancel_all, pool_config, until
@@ -63,6 +64,13 @@ def replicas_of(pool: AgentPool[Any], agent: str) -> AgentReplicas:
     return runner
 
 
+async def every_replica_ready(pool: AgentPool[Any], agent: str) -> AgentReplicas:
+    """`agent`'s replicas, once each of its processes is READY."""
+    runner = replicas_of(pool, agent)
+    await until(lambda: all(slot.state == "ready" for slot in runner.replicas))
+    return runner
+
+
 def all_processes_ready(status: dict[str, Any]) -> bool:
     return status.get("state") == "ready" and all(
         process["state"] == "ready" for agent in status["agents"] for process in agent["processes"]
@@ -72,8 +80,7 @@ def all_processes_ready(status: dict[str, Any]) -> bool:
 async def test_three_replicas_share_300_runs(tmp_path: Path) -> None:
     config = pool_config(tmp_path, {"rep": REP}, "spread: {callback: 'rep:served', replicas: 3, concurrency: 4}\n")
     async with AgentPool(config) as pool:
-        runner = replicas_of(pool, "spread")
-        await until(lambda: all(slot.state == "ready" for slot in runner.replicas))
+        runner = await every_replica_ready(pool, "spread")
         pids = {process["pid"] for process in runner.status()["processes"]}
         assert len(pids) == 3
         spread = pool.get_agent("spread")
@@ -101,9 +108,7 @@ async def test_sigkill_of_a_replica_with_500_runs_accepted_loses_none(tmp_path: 
     events: list[dict[str, Any]] = []
     async with AgentPool(config) as pool:
         pool.supervisor.add_listener(events.append)
-        runner = replicas_of(pool, "gate")
-        router = pool.supervisor.router
-        await until(lambda: all(slot.state == "ready" for slot in runner.replicas))
+        runner, router = await every_replica_ready(pool, "gate"), pool.supervisor.router
         ids = [f"run-{n:03d}" for n in range(500)]
         sends = [asyncio.create_task(router.send("gate", run_id, run_id=run_id)) for run_id in ids]
         # All 500 accepted: 12 running (4 in each process), 488 waiting for a place.
@@ -130,6 +135,64 @@ async def test_sigkill_of_a_replica_with_500_runs_accepted_loses_none(tmp_path: 
     assert max(result["attempt"] for result in results) == 2
     finished = [event["id"] for event in events if event.get("event") == "run_finished"]
     assert sorted(finished) == ids
+    # History holds one row per run, and the journal no unit: each finished exactly once.
+    db = sqlite3.connect(pool.config.state_path / "history.db")
+    try:
+        assert sorted(row[0] for row in db.execute("SELECT run_id FROM runs")) == ids
+        assert db.execute("SELECT COUNT(*) FROM units").fetchone() == (0,)
+    finally:
+        db.close()
+
+
+async def test_a_dead_replicas_run_goes_to_another_replica_under_its_id(tmp_path: Path) -> None:
+    # The killed replica gives up at once (max_restarts 0): its run can only be redelivered to the other one.
+    config = pool_config(
+        tmp_path,
+        {"rep": REP},
+        """
+        gate:
+          callback: rep:gated
+          replicas: 2
+          concurrency: 2
+          restart: {max_restarts: 0}
+          retry: {max_attempts: 3, backoff: 0.05}
+        """,
+    )
+    events: list[dict[str, Any]] = []
+    async with AgentPool(config) as pool:
+        pool.supervisor.add_listener(events.append)
+        runner, router = await every_replica_ready(pool, "gate"), pool.supervisor.router
+        sends = [asyncio.create_task(router.send("gate", run_id, run_id=run_id)) for run_id in ("one", "two")]
+        # The least loaded replica takes each run: one in each process.
+        await until(lambda: [slot.running for slot in runner.replicas] == [1, 1])
+        survivor, victim = runner.replicas
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        await until(lambda: victim.gave_up and survivor.running == 2)
+        # The agent is still ready (one process is); status says which one failed.
+        status = runner.status()
+        assert status["state"] == "ready"
+        assert [process["state"] for process in status["processes"]] == ["ready", "failed"]
+        assert "gate#2: gave up" in str(status["error"])
+        (tmp_path / "GATE").touch()
+        results = [result for result, _ in await asyncio.gather(*sends)]
+        assert {result["id"]: result["attempt"] for result in results} == {"one": 1, "two": 2}
+        assert all(result["content"] == f"{survivor.pid} {result['id']}" for result in results)
+        retries = [event for event in events if event.get("event") == "run_retry"]
+        assert [(event["id"], event["kind"]) for event in retries] == [("two", "crash")]
+
+        # With every replica given up the agent takes no run; `restart` brings them all back.
+        assert survivor.pid is not None
+        os.kill(survivor.pid, signal.SIGKILL)
+        await until(lambda: survivor.gave_up)
+        assert runner.state == "failed"
+        with pytest.raises(AgentRunError) as caught:
+            await router.send("gate", "nobody")
+        assert caught.value.kind == "unavailable"
+        await runner.restart(5.0)
+        assert runner.state == "ready" and all(slot.takes_runs for slot in runner.replicas)
+        result, _ = await router.send("gate", "back")
+        assert result["content"].endswith(" back")
 
 
 async def test_max_queue_counts_waiting_runs_across_replicas(tmp_path: Path) -> None:
@@ -140,13 +203,14 @@ async def test_max_queue_counts_waiting_runs_across_replicas(tmp_path: Path) -> 
         shutdown_timeout=0,
     )
     async with AgentPool(config) as pool:
-        runner = replicas_of(pool, "slow")
-        await until(lambda: all(slot.state == "ready" for slot in runner.replicas))
+        runner = await every_replica_ready(pool, "slow")
+        assert runner.free_places == 2
         slow = pool.get_agent("slow")
         runs = [asyncio.create_task(slow.run(f"run {n}")) for n in range(4)]
         # One run in each process, two waiting: the agent's queue (max_queue 2) is full.
         await until(lambda: runner.running == 2 and runner.queued == 2)
         assert [process["running"] for process in runner.status()["processes"]] == [1, 1]
+        assert runner.free_places == 0
         with pytest.raises(AgentBusyError) as caught:
             await slow.run("one more")
         assert str(caught.value) == "agent slow is busy (2 queued)"
@@ -163,7 +227,7 @@ async def test_reload_adds_and_removes_replicas_and_keeps_the_others(tmp_path: P
         first = runner.pid
         path.write_text(path.read_text().replace("replicas: 1", "replicas: 3"))
         plan = await supervisor.reloader.reload(load_config(path))
-        assert plan.changed == ("spread",)
+        assert (plan.changed, plan.resized, plan.summary()) == ((), ("spread",), "replicas of spread")
         assert len(runner.replicas) == 3 and all(slot.state == "ready" for slot in runner.replicas)
         assert runner.pid == first  # the first process kept running; two were added
         assert [slot.label for slot in runner.replicas] == ["spread#1", "spread#2", "spread#3"]
@@ -176,7 +240,8 @@ async def test_reload_adds_and_removes_replicas_and_keeps_the_others(tmp_path: P
         # A changed setting besides the count restarts every process.
         path.write_text(path.read_text().replace("replicas: 2", "replicas: 2, concurrency: 2"))
         before = {slot.pid for slot in runner.replicas}
-        await supervisor.reloader.reload(load_config(path))
+        plan = await supervisor.reloader.reload(load_config(path))
+        assert (plan.changed, plan.resized) == (("spread",), ())
         after = {slot.pid for slot in runner.replicas}
         assert len(after) == 2 and not after & before
 
