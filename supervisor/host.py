@@ -110,6 +110,7 @@ class AgentHost:
                 deliveries = max_deliveries(retry.max_attempts, "crash" in retry.on)
                 await ensure_run_consumer(js, self.subjects, name, self.nats_config.ack_wait, deliveries)
         except (NatsError, OSError, TimeoutError) as exc:
+            self.closing = True
             await close_quietly(self.nats)
             self.nats = None
             raise StartupError(
@@ -127,7 +128,7 @@ class AgentHost:
         self.system.emit({"event": "nats", "state": "connected", "host": self.name})
 
     async def run(self) -> int:
-        """Connect, start the processes and serve until asked to stop. Raises HostError or StartupError."""
+        """Connect, start the processes and serve until asked to stop; 0 then. Raises StartupError."""
         await self.connect()
         try:
             try:
@@ -244,7 +245,7 @@ class HostServing:
 
 
 async def serve_host(host: AgentHost) -> int:
-    """`host.run()` with signals (first SIGINT/SIGTERM: graceful stop, second: no waiting for runs) and
+    """`host.run()` with signals (SIGINT/SIGTERM: the graceful stop; see `AgentHost.request_stop`) and
     systemd's notify protocol (READY=1 once the agents are READY and NATS is connected, STATUS=, WATCHDOG=1,
     STOPPING=1)."""
     notifier = SystemdNotifier.from_env()  # before the forkserver starts: no child inherits NOTIFY_SOCKET
