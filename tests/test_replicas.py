@@ -282,10 +282,15 @@ def test_status_logs_and_restart_name_every_process(systems: Systems) -> None:
     assert shown.returncode == 0, shown.stderr
     for number, pid in enumerate(pids, 1):
         assert any(
-            line.split()[:3] == [f"loud#{number}", str(pid), "ready"] and line.split()[-1] == host
-            for line in shown.stdout.splitlines()
+            line.split() == [f"loud#{number}", str(pid), "ready", "0", host] for line in shown.stdout.splitlines()
         ), shown.stdout
-    assert any(line.split()[0] == "lone" and line.split()[-1] == host for line in shown.stdout.splitlines())
+    assert any(
+        line.split()[:5] == ["lone", str(lone["pid"]), "ready", "0", host] for line in shown.stdout.splitlines()
+    )
+    assert any(
+        line.split()[:6] == ["loud", str(pids[0]), "ready", "0", "3", "processes"]
+        for line in shown.stdout.splitlines()
+    )
 
     # Enough runs that every process prints; each line names the process it came from.
     for n in range(30):
