@@ -322,21 +322,22 @@ class Supervisor:
             self._budget(new.agents[name].replicas)
             self.router.add_agent(name)
             self._group.create_task(slot.run(), name=f"slot-{name}")
-        await asyncio.gather(*(self._apply_agent(name, old, drain) for name in plan.changed + plan.resized))
+        await asyncio.gather(
+            *(self._apply_agent(name, old, drain, name in plan.changed) for name in plan.changed + plan.resized)
+        )
         self.router.replace_config_routes(touched, routes)
         await self.triggers.start_kinds(new, plan.trigger_kinds)
         self.background.start_jobs(new, plan.background)
 
-    async def _apply_agent(self, name: str, old: SystemConfig, drain: float) -> None:
-        """A changed agent: a new `replicas` count adds or removes processes (the others keep running); any
-        other changed setting restarts every process gracefully."""
-        runner, before, after = self.slots[name], old.agents[name], self.config.agents[name]
-        if isinstance(runner, AgentReplicas) and before.replicas != after.replicas:
-            self._budget(after.replicas - before.replicas)
-            await runner.resize(after.replicas, drain)
-            if before.model_copy(update={"replicas": after.replicas}) == after:
-                return  # only the count changed
-        await runner.restart(drain)
+    async def _apply_agent(self, name: str, old: SystemConfig, drain: float, restart: bool) -> None:
+        """A changed agent: a new `replicas` count adds or removes processes (the others keep running); with
+        `restart` (another of its own settings changed) every process then restarts gracefully."""
+        runner, before, after = self.slots[name], old.agents[name].replicas, self.config.agents[name].replicas
+        if isinstance(runner, AgentReplicas) and before != after:
+            self._budget(after - before)
+            await runner.resize(after, drain)
+        if restart:
+            await runner.restart(drain)
 
     def status(self) -> Message:
         return {

@@ -56,6 +56,7 @@ async def test_a_webhook_flood_is_refused_past_max_queue_with_bounded_memory(sys
         agents:
           slow:
             callback: cb:slow
+            env_passthrough: [SLOW_SECONDS]  # else its run ends after 30 s, and a slow flood gets one more in
             max_queue: {MAX_QUEUE}
             triggers:
               - {{type: webhook, name: hook, port: {port}, path: /hook}}

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from llmling import AgentPool
-from llmling.config import load_config
+from llmling.config import load_config, parse_config
 from llmling.errors import AgentBusyError, AgentRunError
+from llmling.supervisor.reload import plan_reload
 from llmling.supervisor.replicas import AgentReplicas
 from tests._automation import wait_until
 from tests._slots import cancel_all, pool_config, until
@@ -246,6 +247,18 @@ async def test_reload_adds_and_removes_replicas_and_keeps_the_others(tmp_path: P
         assert len(after) == 2 and not after & before
 
 
+def test_a_reload_plan_resizes_an_agent_whose_only_own_change_is_replicas() -> None:
+    def config(spread: str) -> Any:
+        text = f"agents:\n  spread: {{callback: 'rep:served', {spread}}}\n  other: {{callback: 'rep:served'}}\n"
+        return parse_config(text, "agents.yml", default_name="agents")
+
+    plan = plan_reload(config("replicas: 1"), config("replicas: 3, connections: [other]"))
+    assert (plan.changed, plan.resized, plan.routes) == ((), ("spread",), ("spread",))
+    plan = plan_reload(config("replicas: 1"), config("replicas: 3, concurrency: 2"))
+    assert (plan.changed, plan.resized) == (("spread",), ())
+    assert plan_reload(config("replicas: 2"), config("replicas: 2")).empty
+
+
 def test_status_logs_and_restart_name_every_process(systems: Systems) -> None:
     system = systems.start(
         textwrap.dedent(
@@ -282,10 +295,15 @@ def test_status_logs_and_restart_name_every_process(systems: Systems) -> None:
     assert shown.returncode == 0, shown.stderr
     for number, pid in enumerate(pids, 1):
         assert any(
-            line.split()[:3] == [f"loud#{number}", str(pid), "ready"] and line.split()[-1] == host
-            for line in shown.stdout.splitlines()
+            line.split() == [f"loud#{number}", str(pid), "ready", "0", host] for line in shown.stdout.splitlines()
         ), shown.stdout
-    assert any(line.split()[0] == "lone" and line.split()[-1] == host for line in shown.stdout.splitlines())
+    assert any(
+        line.split()[:5] == ["lone", str(lone["pid"]), "ready", "0", host] for line in shown.stdout.splitlines()
+    )
+    assert any(
+        line.split()[:6] == ["loud", str(pids[0]), "ready", "0", "3", "processes"]
+        for line in shown.stdout.splitlines()
+    )
 
     # Enough runs that every process prints; each line names the process it came from.
     for n in range(30):
