@@ -34,9 +34,11 @@ class Progress:
         if kind == "component" and not self.up and event.get("component") != "backend":
             self._component(event)
         elif kind == "agent_state":
-            agent, state = event["agent"], event["state"]
+            # A replica's event: its own state and `name#i` (`state` is then the agent's as a whole).
+            name, state = event["agent"], event.get("process_state", event["state"])
+            agent = f"{name}#{event['replica']}" if "replica" in event else name
             if state == "ready":
-                self.ready.add(agent)
+                self.ready.add(name)
                 if not self.up:
                     self._say(f"  {agent:<20} ready (pid {event.get('pid')})  [{len(self.ready)}/{self.total}]")
                     return
