@@ -93,7 +93,8 @@ async def connect(
     async def error_cb(exc: Exception) -> None:
         if connected:
             log.warning("NATS: {}", _describe(exc))
-        else:
+        elif not last or "authorization violation" not in str(last[0]).lower():
+            # A refusal says why; the connection reset that may follow it must not hide that.
             last[:] = [exc]
 
     async def noop() -> None:

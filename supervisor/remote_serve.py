@@ -106,7 +106,10 @@ async def _fetch_one(sub: Any, runner: AgentRunner, log: Any) -> list[Msg]:
     from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeout
 
-    if runner.state != "ready":
+    # A replica set knows its places that would start a run at once: none while a replica restarts (its share
+    # of the runs stays in the queue for other hosts instead of waiting here).
+    free = getattr(runner, "free_places", None)
+    if runner.state != "ready" or free == 0:
         await asyncio.sleep(IDLE_WAIT)
         return []
     try:
