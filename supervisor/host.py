@@ -34,6 +34,7 @@ from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import Peer
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
 from llmling.supervisor.notify import SystemdNotifier
+from llmling.supervisor.replicas import AgentReplicas
 from llmling.supervisor.serve import stop_on_signals
 from llmling.supervisor.spawner import stop_helpers
 from llmling.supervisor.system import Supervisor
@@ -80,6 +81,9 @@ class AgentHost:
         self.system = HostSystem(
             local, socket=host_socket(config.name, self.name, socket), on_event=on_event, log_level=log_level
         )
+        for runner in self.system.slots.values():
+            if isinstance(runner, AgentReplicas):
+                runner.host = self.name  # the host's name everywhere, also in `status` on its own socket
         self.log = self.system.log.bind(agent=f"host {self.name}")
         self.nats: Client | None = None
         # True once the host closes its NATS connection itself (the disconnect that follows is no loss).

@@ -149,7 +149,8 @@ def test_a_chain_with_b_on_another_host(nats: NatsServer, systems: Systems, host
         timeout=30,
         what="b's remote process in status",
     )
-    # The host's own socket shows its processes; it does not reload (its config is a reduced copy).
+    # The host's own socket shows its processes under its name; it does not reload (its config is a copy).
+    assert [item["host"] for item in host.status()["agents"][0]["processes"]] == ["h1"]
     refused = subprocess.run(
         [*llmling_command(), "reload", "--socket", str(host.socket)], capture_output=True, text=True, timeout=60
     )
