@@ -14,6 +14,22 @@ from llmling.observe.adapter import as_str as _str
 
 Message = dict[str, Any]
 RUN_EVENTS = frozenset({"run_started", "run_finished", "run_failed"})
+# A run record, as the supervisor hands run events to the telemetry worker: a JSON array of these fields' values,
+# in this order ("ts": when the supervisor saw the event). Everything RunStart.of and RunEnd.of read.
+RECORD_FIELDS = ("event", "agent", "id", "trace_id", "parent_id", "attempt", "hops", "usage", "elapsed")
+RECORD_FIELDS += ("elapsed_total", "kind", "error", "ts")
+
+
+def record_of(event: Message, ts: float) -> tuple[Any, ...]:
+    """The record of a run event (references to its values: encoded later, in a batch)."""
+    return (*map(event.get, RECORD_FIELDS[:-1]), ts)
+
+
+def event_of(record: list[Any]) -> Message | None:
+    """The event a record carries, for RunStart.of / RunEnd.of; None for a record of another shape."""
+    if not isinstance(record, list) or len(record) != len(RECORD_FIELDS):
+        return None
+    return dict(zip(RECORD_FIELDS, record, strict=True))
 
 
 def stamp(event: Message) -> float:
@@ -104,4 +120,4 @@ class RunStart:
         )
 
 
-__all__ = ["RUN_EVENTS", "RunEnd", "RunStart", "stamp"]
+__all__ = ["RECORD_FIELDS", "RUN_EVENTS", "RunEnd", "RunStart", "event_of", "record_of", "stamp"]
