@@ -212,6 +212,7 @@ class DashboardState:
             load = adapter.Load.of(entry)
             runs = (totals.get(name) or {}) if isinstance(totals, dict) else {}
             durations = list(self.durations.get(name, ()))
+            processes = adapter.processes(entry)
             shown.append(
                 {
                     "name": name,
@@ -230,6 +231,8 @@ class DashboardState:
                     "p50": percentile(durations, 0.5),
                     "p95": percentile(durations, 0.95),
                     "last_seen": self.last_seen.get(name),
+                    # Each process with its host (replicas, remote hosts), when the status lists them.
+                    "processes": [asdict(process) for process in processes] if processes is not None else None,
                 }
             )
         return shown
