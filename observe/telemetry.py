@@ -2,9 +2,9 @@
 OTLP/HTTP (protobuf) in batches.
 
 `python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads lines of JSON arrays of run records on stdin
-(observe/runs.py RECORD_FIELDS, written by the supervisor's TelemetryService), makes one span per run outcome
-straight into the protobuf of the export request (opentelemetry-proto's messages: ~25 µs a span, where the SDK's
-TracerProvider, BatchSpanProcessor and exporter cost ~300 µs), and posts a request when EXPORT_S passed since the
+(observe/runs.py RECORD_FIELDS: a run's outcome and start time, written by the supervisor's TelemetryService),
+makes one span per run straight into the protobuf of the export request (opentelemetry-proto's messages: ~25 µs
+a span, where the SDK's TracerProvider, BatchSpanProcessor and exporter cost ~300 µs), and posts a request when EXPORT_S passed since the
 first span waiting or MAX_BATCH spans wait. While a request is posted, stdin waits (a slow or absent collector
 makes the supervisor's side drop records, bounded there). At EOF (the supervisor stopped, or died: its end of
 the pipe closes) it exports what is left and exits.
@@ -24,18 +24,16 @@ import os
 import select
 import sys
 import time
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
-from llmling.observe.runs import RunEnd, RunStart, event_of
+from llmling.observe.adapter import as_float
+from llmling.observe.runs import RunEnd, event_of
 from llmling.observe.scheduling import IDLE_ENV, become_idle, leave_idle
 
-# Runs started and not finished whose start is kept; oldest dropped first.
-REMEMBERED_STARTS = 10_000
 # Export when the oldest span waiting is this old (seconds), or when MAX_BATCH spans wait (one request each).
 EXPORT_S = 1.0
 MAX_BATCH = 512
@@ -83,10 +81,11 @@ class SpanBatch:
         scope.scope.name = "llmling"
         return request, scope.spans
 
-    def add(self, run: RunEnd, start: RunStart | None) -> None:
-        """The span of one run: its outcome and, for a failed run (no duration), its start."""
-        started = run.started_at or (start.started_at if start else run.ended_at)
-        parent_id = run.parent_id or (start.parent_id if start else None)
+    def add(self, run: RunEnd, started_at: float | None) -> None:
+        """The span of one run: its outcome and when it started (a failed run's outcome has no duration: the time
+        the supervisor saw its start; unknown: when it ended)."""
+        started = run.started_at or started_at or run.ended_at
+        parent_id = run.parent_id
         span: Span = self._spans.add()
         span.trace_id = trace_id_of(run.trace_id).to_bytes(16, "big")
         span.span_id = span_id_of(run.id).to_bytes(8, "big")
@@ -172,32 +171,12 @@ class Exporter:
         self._connection.close()
 
 
-class Runs:
-    """Pairs each outcome with its start (a failed run's outcome carries no duration). Invariant: at most
-    REMEMBERED_STARTS starts are kept, the oldest dropped first."""
-
-    def __init__(self) -> None:
-        self._starts: OrderedDict[str, RunStart] = OrderedDict()
-
-    def pair(self, event: dict[str, Any]) -> tuple[RunEnd, RunStart | None] | None:
-        start = RunStart.of(event)
-        if start is not None:
-            if start.id not in self._starts:  # a redelivery keeps the first start
-                self._starts[start.id] = start
-                if len(self._starts) > REMEMBERED_STARTS:
-                    self._starts.popitem(last=False)
-            return None
-        end = RunEnd.of(event)
-        return None if end is None else (end, self._starts.pop(end.id, None))
-
-
 class Worker:
     """Records in, spans out: reads stdin's lines as they come, exports when a batch is due."""
 
     def __init__(self, endpoint: str, service_name: str) -> None:
         self.batch = SpanBatch(service_name)
         self.exporter = Exporter(endpoint)
-        self.runs = Runs()
 
     def take_line(self, line: bytes) -> None:
         try:
@@ -206,10 +185,10 @@ class Worker:
             return  # never from our supervisor; a line we cannot read is skipped
         for record in records if isinstance(records, list) else ():
             event = event_of(record)
-            paired = self.runs.pair(event) if event is not None else None
-            if paired is None:
+            run = RunEnd.of(event) if event is not None else None
+            if run is None:
                 continue
-            self.batch.add(*paired)
+            self.batch.add(run, as_float(event.get("started_ts")))
             if self.batch.count >= MAX_BATCH:
                 self.export_due()
 
@@ -267,4 +246,4 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-__all__ = ["Exporter", "Runs", "SpanBatch", "Worker", "main", "span_id_of", "trace_id_of"]
+__all__ = ["Exporter", "SpanBatch", "Worker", "main", "span_id_of", "trace_id_of"]
