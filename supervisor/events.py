@@ -36,7 +36,7 @@ Message = dict[str, Any]
 # Unsent bytes a subscriber may have queued before its events are dropped.
 BUFFER_LIMIT = 1 << 20
 # Seconds a run event waits before it is written to the subscribers, with the others of that time.
-FLUSH_S = 0.02
+FLUSH_S = 0.05
 # The events that wait for the flush (any other is written at once, after those waiting).
 BATCHED = RUN_EVENTS | {"run_retry"}
 
