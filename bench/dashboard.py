@@ -1,12 +1,17 @@
 """The cost of watching: hop and chain figures of one system plain vs the same system with the dashboard open
 (`up --dashboard`, one SSE client reading every event) and OpenTelemetry on (spans exported to a local OTLP
-receiver), measured in one run, alternating rounds. Prints JSON; writes bench/dashboard.json.
+receiver), measured in one run. Prints JSON; writes bench/dashboard.json.
 
-    .venv/bin/python bench/dashboard.py [--rounds 3] [--seconds 3] [--hops 300]
+    .venv/bin/python bench/dashboard.py [--rounds 3] [--seconds 3] [--hops 300] [--only dashboard|telemetry]
 
-Figures: `hop_p50_us` (a `send --wait` on A, A >> B, sequential), `hop_msgs_per_s` and `chain_msgs_per_s`
-(a four-agent chain C1 >> C2 >> C3 >> C4), both with CLIENTS concurrent clients for --seconds. The target:
-each observed figure within 10 % of the plain one (medians over the rounds).
+Figures: `hop_p50_us`/`hop_p99_us` (a `send --wait` on A, A >> B, one client, back to back), `hop_msgs_per_s`
+and `chain_msgs_per_s` (a four-agent chain C1 >> C2 >> C3 >> C4), both with CLIENTS concurrent clients for
+--seconds. In each round every figure is measured on both systems back to back (which goes first alternates),
+the processes of both systems quiet before each window. With each figure: the 1-minute load average, and with
+each throughput the CPU time per message of the supervisor, the agents, the dashboard, the telemetry worker
+and the viewer (from /proc: where the time goes, a figure the machine's load moves far less). The target: each
+observed figure (p50, throughputs) within 10 % of the plain one, as medians over the rounds; the cost of each
+round's pair is reported too.
 """
 
 from __future__ import annotations
