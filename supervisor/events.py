@@ -1,8 +1,10 @@
 """The event stream of a running system, for `llmling watch` and any other client.
 
-`{"t":"subscribe","id"[,"agents":[...]]}` opens a subscription: the supervisor answers with `chunk` frames
-carrying `re` = the request's id and one `event` each (the first is `subscribed`, with the system's status),
-until the client disconnects. No final frame is sent; the stream ends when either side closes.
+`{"t":"subscribe","id"[,"agents":[...]][,"batch":true]}` opens a subscription: the supervisor answers with
+`chunk` frames carrying `re` = the request's id and one `event` each (the first is `subscribed`, with the
+system's status), until the client disconnects. With `batch`, a chunk may carry `events` (a list, in order)
+instead: what happened since the last write, in one frame (the dashboard asks for it: one encoding and one
+frame for many events on both sides). No final frame is sent; the stream ends when either side closes.
 
 A slow subscriber never slows the system: events are written without waiting, and while a subscriber's
 unsent bytes exceed `BUFFER_LIMIT` its events are dropped and counted; the next event that fits is preceded
@@ -42,16 +44,18 @@ BATCHED = RUN_EVENTS | {"run_retry"}
 
 
 class Subscription:
-    __slots__ = ("_pending", "_pending_bytes", "_prefix", "agents", "dropped", "peer", "request")
+    __slots__ = ("_pending", "_pending_bytes", "_prefix", "agents", "batch", "dropped", "peer", "request")
 
-    def __init__(self, peer: Peer, request: Message, agents: frozenset[str] | None) -> None:
+    def __init__(self, peer: Peer, request: Message, agents: frozenset[str] | None, batch: bool = False) -> None:
         self.peer = peer
         self.request = request
         self.agents = agents
+        # Whether it takes chunks of several events (`events`).
+        self.batch = batch
         # Invariant: events dropped since the last one delivered.
         self.dropped = 0
-        # A frame of this subscription is its length, _prefix, the event's JSON and "}".
-        self._prefix = b'{"t":"chunk","re":' + json.dumps(request["id"]).encode() + b',"event":'
+        # A frame of this subscription is its length, _prefix, the event's JSON and "}" (a batch: `events`).
+        self._prefix = b'{"t":"chunk","re":' + json.dumps(request["id"]).encode() + b',"event'
         # Invariant: whole frames queued and not yet written (written by flush, in one call); their size in bytes.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -67,23 +71,30 @@ class Subscription:
         self.queue(encode_body(event), limit)
         self.flush()
 
-    def queue(self, body: bytes, limit: int) -> None:
-        """Queue the frame of an event already encoded (`body`), or count it dropped when the subscriber's unsent
-        bytes are over `limit` (or the frame would be over the frame limit)."""
+    def queue(self, body: bytes, limit: int, count: int = 0) -> bool:
+        """Queue the frame of an event already encoded (`body`; with `count`, of a list of that many events), or
+        count it dropped when the subscriber's unsent bytes are over `limit`. False (nothing done) when the frame
+        would be over the frame limit."""
         transport = self.peer.transport
         if transport is None:
-            return
-        size = len(self._prefix) + len(body) + 1
-        if size > DEFAULT_MAX_FRAME or transport.get_write_buffer_size() + self._pending_bytes > limit:
-            self.dropped += 1
-            return
+            return True
+        size = len(self._prefix) + len(body) + 4
+        if size > DEFAULT_MAX_FRAME:
+            if not count:
+                self.dropped += 1
+            return False
+        if transport.get_write_buffer_size() + self._pending_bytes > limit:
+            self.dropped += count or 1
+            return True
         if self.dropped:
-            self._add(encode_body({"event": "dropped", "count": self.dropped}))
+            self._add(b'":', encode_body({"event": "dropped", "count": self.dropped}))
             self.dropped = 0
-        self._add(body)
+        self._add(b's":' if count else b'":', body)
+        return True
 
-    def _add(self, body: bytes) -> None:
-        frame = b"".join((HEADER.pack(len(self._prefix) + len(body) + 1), self._prefix, body, b"}"))
+    def _add(self, key_end: bytes, body: bytes) -> None:
+        length = len(self._prefix) + len(key_end) + len(body) + 1
+        frame = b"".join((HEADER.pack(length), self._prefix, key_end, body, b"}"))
         self._pending.append(frame)
         self._pending_bytes += len(frame)
 
@@ -114,8 +125,9 @@ class EventStream:
         for agent in agents or ():
             if agent not in self._supervisor.slots:
                 raise UnknownAgentError(unknown("agent", agent, self._supervisor.slots))
+        batch = field(message, "batch", bool, default=False)
         self.flush()  # what happened before it subscribed is not its to see
-        subscription = Subscription(peer, message, frozenset(agents) if agents is not None else None)
+        subscription = Subscription(peer, message, frozenset(agents) if agents is not None else None, batch)
         self.subscriptions.append(subscription)
         status = self._supervisor.status()
         subscription.offer({"event": "subscribed", "ts": time.time(), "status": status}, self.limit)
@@ -130,28 +142,41 @@ class EventStream:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
-        """Write the events waiting: each encoded once, one write per subscriber."""
+        """Write the events waiting: each encoded once (a batch subscriber's list once per agent filter), one
+        write per subscriber."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         events, self._pending = self._pending, []
         self.subscriptions = [s for s in self.subscriptions if s.peer.is_open]
-        for event in events:
-            body: bytes | None = None
+        if events:
+            bodies: dict[int, bytes | None] = {}  # index in events → its JSON (None: not JSON)
+            lists: dict[frozenset[str] | None, bytes | None] = {}  # a batch subscriber's filter → its list's JSON
             for subscription in self.subscriptions:
-                if not subscription.wants(event):
+                wanted = [i for i, event in enumerate(events) if subscription.wants(event)]
+                if not wanted:
                     continue
-                if body is None:
-                    try:
-                        body = encode_body(event)
-                    except (TypeError, ValueError) as exc:
-                        logger.bind(agent="supervisor").warning(
-                            "event {} is not JSON: {}", event.get("event"), exc
-                        )
-                        break
-                subscription.queue(body, self.limit)
+                if subscription.batch:
+                    if subscription.agents not in lists:
+                        lists[subscription.agents] = self._encode([events[i] for i in wanted])
+                    body = lists[subscription.agents]
+                    if body is not None and subscription.queue(body, self.limit, len(wanted)):
+                        continue
+                for i in wanted:  # one frame each (also a batch too large for one frame, or not JSON)
+                    if i not in bodies:
+                        bodies[i] = self._encode(events[i])
+                    if (body := bodies[i]) is not None:
+                        subscription.queue(body, self.limit)
         for subscription in self.subscriptions:
             subscription.flush()
+
+    @staticmethod
+    def _encode(value: Message | list[Message]) -> bytes | None:
+        try:
+            return encode_body(value)
+        except (TypeError, ValueError) as exc:
+            logger.bind(agent="supervisor").warning("an event is not JSON: {}", exc)
+            return None
 
 
 __all__ = ["BUFFER_LIMIT", "EventStream", "Subscription"]
