@@ -4,10 +4,10 @@ OTLP/HTTP (protobuf) in batches.
 `python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads lines of JSON arrays of run records on stdin
 (observe/runs.py RECORD_FIELDS: a run's outcome and start time, written by the supervisor's TelemetryService),
 makes one span per run straight into the protobuf of the export request (opentelemetry-proto's messages: ~25 µs
-a span, where the SDK's TracerProvider, BatchSpanProcessor and exporter cost ~300 µs), and posts a request when EXPORT_S passed since the
-first span waiting or MAX_BATCH spans wait. While a request is posted, stdin waits (a slow or absent collector
-makes the supervisor's side drop records, bounded there). At EOF (the supervisor stopped, or died: its end of
-the pipe closes) it exports what is left and exits.
+a span, where the SDK's TracerProvider, BatchSpanProcessor and exporter cost ~300 µs), and posts a request when
+EXPORT_S passed since the first span waiting or MAX_BATCH spans wait. While a request is posted, stdin waits (a
+slow or absent collector makes the supervisor's side drop records, bounded there). At EOF (the supervisor
+stopped, or died: its end of the pipe closes) it exports what is left and exits.
 
 Ids are derived from llmling's: the trace id is the trace's 128-bit hex id; a run's span id is the first 64 bits
 of the SHA-256 of its run id, so a downstream run's span names its parent's span by the parent's run id,
