@@ -8,7 +8,6 @@ Reads come from the dashboard's state (built from the event stream) or from one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
@@ -20,7 +19,7 @@ from loguru import logger
 
 from llmling.dashboard.auth import Guard
 from llmling.dashboard.source import ControlSource, SourceError
-from llmling.dashboard.state import DashboardState, preview
+from llmling.dashboard.state import CLIENT_QUEUE, DashboardState, preview
 from llmling.observe import adapter
 from llmling.observe.metrics import CONTENT_TYPE
 
@@ -118,8 +117,9 @@ class Dashboard:
 
     async def stop(self) -> None:
         for queue in list(self.state.clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -188,7 +188,7 @@ class Dashboard:
             raise web.HTTPServiceUnavailable(text="too many live views")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await response.prepare(request)
-        queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=2000)
+        queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self.state.clients.add(queue)
         try:
             await response.write(b": connected\n\n")

@@ -52,7 +52,7 @@ class ControlSource:
             announced = False
             self._peer = peer
             try:
-                subscription = peer.start_request({"t": "subscribe"}, self._on_chunk)
+                subscription = peer.start_request({"t": "subscribe", "batch": True}, self._on_chunk)
                 with contextlib.suppress(PeerClosed, ConnectionError):
                     reply = await subscription
                     if reply.get("t") == "error":
@@ -65,9 +65,11 @@ class ControlSource:
             await asyncio.sleep(RECONNECT_S)
 
     def _on_chunk(self, chunk: Message) -> None:
-        event = chunk.get("event")
-        if isinstance(event, dict):
-            self._on_event(event)
+        """One event (`event`), or several in order (`events`: the subscription asks for batches)."""
+        events = chunk.get("events")
+        for event in events if isinstance(events, list) else (chunk.get("event"),):
+            if isinstance(event, dict):
+                self._on_event(event)
 
     async def request(self, message: Message, timeout: float = REQUEST_TIMEOUT_S) -> Message:
         """The final reply to `message`. Raises SourceError."""

@@ -8,6 +8,7 @@ ever held, so nothing else can be shown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -24,7 +25,7 @@ TRACES = 300
 RUNS_PER_TRACE = 500
 DURATIONS = 1000
 PREVIEW = 240
-# Events waiting for one live-stream client before it is dropped (a client that does not read).
+# Feed entries waiting for one live-stream client; more are skipped for it until it reads (it goes on from there).
 CLIENT_QUEUE = 2000
 
 
@@ -133,12 +134,8 @@ class DashboardState:
         shown = feed_entry(event, next(self._seq))
         self.feed.append(shown)
         for queue in list(self.clients):
-            try:
+            with contextlib.suppress(asyncio.QueueFull):  # a client that lags skips entries (bounded by the queue)
                 queue.put_nowait(shown)
-            except asyncio.QueueFull:  # a client that does not read: end its stream
-                self.clients.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
 
     def _trace(self, event: Message, start: RunStart | None, end: RunEnd | None) -> None:
         kind = event.get("event")
@@ -212,6 +209,7 @@ class DashboardState:
             load = adapter.Load.of(entry)
             runs = (totals.get(name) or {}) if isinstance(totals, dict) else {}
             durations = list(self.durations.get(name, ()))
+            processes = adapter.processes(entry)
             shown.append(
                 {
                     "name": name,
@@ -230,6 +228,8 @@ class DashboardState:
                     "p50": percentile(durations, 0.5),
                     "p95": percentile(durations, 0.95),
                     "last_seen": self.last_seen.get(name),
+                    # Each process with its host (replicas, remote hosts), when the status lists them.
+                    "processes": [asdict(process) for process in processes] if processes is not None else None,
                 }
             )
         return shown

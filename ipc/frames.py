@@ -58,6 +58,11 @@ def _body(value: Any) -> bytes:
         return _dumps_ascii(value).encode()
 
 
+def encode_body(value: Any) -> bytes:
+    """A frame's body without its length header (to build frames that share it)."""
+    return _body(value)
+
+
 def encoded_size(value: Any) -> int:
     """Bytes `value` takes inside a frame (its compact JSON, UTF-8)."""
     return len(_body(value))

@@ -213,17 +213,27 @@ class HistoryRequest(TypedDict):
 
 
 class SubscribeRequest(TypedDict):
-    """Answered by `chunk` frames carrying `event` until the client disconnects."""
+    """Answered by `chunk` frames carrying `event` until the client disconnects (with `batch`, a chunk may be an
+    EventBatchChunk instead)."""
 
     t: Literal["subscribe"]
     id: str
     agents: NotRequired[list[str]]
+    batch: NotRequired[bool]
 
 
 class EventChunk(TypedDict):
     t: Literal["chunk"]
     re: str
     event: dict[str, Any]
+
+
+class EventBatchChunk(TypedDict):
+    """Several events of a `batch` subscription, in the order they happened."""
+
+    t: Literal["chunk"]
+    re: str
+    events: list[dict[str, Any]]
 
 
 class TriggerRequest(TypedDict):
@@ -294,6 +304,7 @@ __all__ = [
     "ErrorCause",
     "ErrorFrame",
     "ErrorKind",
+    "EventBatchChunk",
     "EventChunk",
     "FailedFrame",
     "HelloFrame",

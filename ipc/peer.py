@@ -68,8 +68,9 @@ class _Pending:
 class Peer(asyncio.Protocol):
     """A framed, request-correlating connection. The owner decides what messages mean.
 
-    Invariant: only `send` writes to the transport, one whole frame per call, so frames never interleave; and no
-    frame larger than `max_frame` is written (a reply that would be is replaced by an `error` reply).
+    Invariant: only `send` and `send_encoded` write to the transport, whole frames per call, so frames never
+    interleave; and no frame larger than `max_frame` is written (a reply that would be is replaced by an `error`
+    reply).
     """
 
     __slots__ = (
@@ -199,6 +200,12 @@ class Peer(asyncio.Protocol):
             logger.bind(agent="ipc").warning("{} (a {!r} frame); sent an error instead", error, message.get("t"))
             frame = encode({"t": "error", "re": reply_to, "error": error, "kind": "error"})
         self.transport.write(frame)
+
+    def send_encoded(self, frames: bytes) -> None:
+        """Queue whole frames encoded by the caller (each within `max_frame`: the caller's to check), in one
+        write. Silently dropped once the connection is closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frames)
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""

@@ -1,4 +1,5 @@
-"""The one place that reads the fields of delivery (attempts, dead letters) and admission (queues, concurrency).
+"""The one place that reads the fields of delivery (attempts, dead letters), admission (queues, concurrency) and
+replicas / remote hosts (an agent's `processes`).
 
 Events and status entries are read through these typed views, so a renamed field is changed here only. A field
 a system does not send (an older supervisor, `durability: off`) reads as None (or 1 for the attempt), and the
@@ -53,6 +54,27 @@ class Load:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Process:
+    """One process of an agent, from its status entry's `processes` (replicas, remote hosts): where it runs."""
+
+    host: str | None
+    pid: int | None
+    state: str | None
+
+    @classmethod
+    def of(cls, info: Message) -> Process:
+        return cls(host=as_str(info.get("host")), pid=as_int(info.get("pid")), state=as_str(info.get("state")))
+
+
+def processes(agent_status: Message) -> list[Process] | None:
+    """The processes an agent's status entry lists (`processes`: replicas, remote hosts), None without them."""
+    listed = agent_status.get("processes")
+    if not isinstance(listed, list):
+        return None
+    return [Process.of(info) for info in listed if isinstance(info, dict)]
+
+
 def attempt(event: Message) -> int:
     """The attempt of a run event (delivery: 1-based `attempt`); 1 when the event has none."""
     return as_int(event.get("attempt")) or 1
@@ -101,10 +123,12 @@ __all__ = [
     "RETRY_REQUEST",
     "DeadLetter",
     "Load",
+    "Process",
     "as_float",
     "as_int",
     "as_str",
     "attempt",
     "dead_letters",
+    "processes",
     "retry_request",
 ]

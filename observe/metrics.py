@@ -1,20 +1,23 @@
 """Prometheus metrics of a system, built from its events (a listener) and its status (read at scrape time).
 
 `Metrics.observe(event)` is called for every supervisor event: in the supervisor (`metrics: {port}`), or in a
-dashboard from the event stream. It only updates counters and histograms in memory; the exposition is built
-when `/metrics` is scraped, never on a run's path. Gauges of the agents' load and restarts come from a status
-(the supervisor's own, or the dashboard's last poll) read at scrape time.
+dashboard from the event stream. It only adds to plain counters in memory (dicts and lists: ~1 µs an update,
+where prometheus-client's metric objects take a lock and a label lookup each, ~5 µs); a collector turns them
+into metric families when `/metrics` is scraped, never on a run's path. Gauges of the agents' load and restarts
+come from a status (the supervisor's own, or the dashboard's last poll) read at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from llmling.observe import adapter
 from llmling.observe.runs import RUN_EVENTS, RunEnd, RunStart, stamp
@@ -26,6 +29,30 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REMEMBERED_RUNS = 10_000
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 HOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class Histogram:
+    """Observations counted per bucket (not cumulated: that is done when scraped) and summed."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        # Invariant: counts[i] holds the observations in (bounds[i-1], bounds[i]]; the last one those above all.
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative buckets as Prometheus wants them, "+Inf" last."""
+        out, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), total))
+        return out
 
 
 class _StatusCollector(Collector):
@@ -52,35 +79,61 @@ class _StatusCollector(Collector):
         yield restarts
 
 
+class _Counts(Collector):
+    """The event counts of a Metrics, as metric families (built at scrape time)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        runs = CounterMetricFamily("llmling_runs", "Runs by outcome", labels=["agent", "outcome"])
+        for labels, count in m.runs.items():
+            runs.add_metric(labels, count)
+        seconds = HistogramMetricFamily("llmling_run_seconds", "Run time seen by the supervisor", labels=["agent"])
+        for agent, histogram in m.run_seconds.items():
+            seconds.add_metric([agent], histogram.buckets(), histogram.sum)
+        tokens = CounterMetricFamily("llmling_tokens", "Model tokens used", labels=["agent", "kind"])
+        for labels, count in m.tokens.items():
+            tokens.add_metric(labels, count)
+        cost = CounterMetricFamily("llmling_cost_usd", "Model cost in USD", labels=["agent"])
+        for agent, usd in m.cost.items():
+            cost.add_metric([agent], usd)
+        dead = GaugeMetricFamily("llmling_dead_letters", "Dead letters not retried", labels=["agent"])
+        for agent, count in m.dead_letters.items():
+            dead.add_metric([agent], count)
+        webhook = CounterMetricFamily(
+            "llmling_webhook_requests", "Webhook requests by answer", labels=["trigger", "code"]
+        )
+        for labels, count in m.webhook_requests.items():
+            webhook.add_metric(labels, count)
+        hop = HistogramMetricFamily(
+            "llmling_hop_seconds", "From a run's reply to the start of a downstream run it caused"
+        )
+        hop.add_metric([], m.hop_seconds.buckets(), m.hop_seconds.sum)
+        dropped = CounterMetricFamily(
+            "llmling_events_dropped", "Events the event stream dropped for this reader (too slow)", value=m.dropped
+        )
+        yield from (runs, seconds, tokens, cost, dead, webhook, hop, dropped)
+
+
 class Metrics:
-    """The registry of one system's metrics. Not thread-safe by design: fed from the event loop only."""
+    """The metrics of one system. Not thread-safe by design: fed from the event loop only, and read by the
+    collectors at scrape time on that loop."""
 
     def __init__(self, status: StatusSource) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.runs = Counter("llmling_runs", "Runs by outcome", ["agent", "outcome"], registry=r)
-        self.run_seconds = Histogram(
-            "llmling_run_seconds", "Run time seen by the supervisor", ["agent"], buckets=RUN_BUCKETS, registry=r
-        )
-        self.tokens = Counter("llmling_tokens", "Model tokens used", ["agent", "kind"], registry=r)
-        self.cost = Counter("llmling_cost_usd", "Model cost in USD", ["agent"], registry=r)
-        self.dead_letters = Gauge("llmling_dead_letters", "Dead letters not retried", ["agent"], registry=r)
-        self.webhook_requests = Counter(
-            "llmling_webhook_requests",
-            "Webhook requests by answer",
-            ["trigger", "code"],
-            registry=r,
-        )
-        self.hop_seconds = Histogram(
-            "llmling_hop_seconds",
-            "From a run's reply to the start of a downstream run it caused",
-            buckets=HOP_BUCKETS,
-            registry=r,
-        )
-        self.dropped = Counter(
-            "llmling_events_dropped", "Events the event stream dropped for this reader (too slow)", registry=r
-        )
-        r.register(_StatusCollector(status))
+        # Counts by label values (the order of each metric's labels), only ever increased (dead letters: a gauge).
+        self.runs: dict[tuple[str, str], int] = {}  # (agent, outcome)
+        self.run_seconds: dict[str, Histogram] = {}  # agent → successful runs' durations
+        self.tokens: dict[tuple[str, str], int] = {}  # (agent, "prompt" | "completion")
+        self.cost: dict[str, float] = {}  # agent → USD
+        self.dead_letters: dict[str, int] = {}  # agent → dead letters seen and not retried
+        self.webhook_requests: dict[tuple[str, str], int] = {}  # (trigger, code)
+        self.hop_seconds = Histogram(HOP_BUCKETS)
+        self.dropped = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Counts(self))
+        self.registry.register(_StatusCollector(status))
         # Invariant: at most REMEMBERED_RUNS entries each, oldest dropped first.
         self._finished: OrderedDict[str, float] = OrderedDict()  # run id → when its reply was reported
         self._dead: OrderedDict[str, str] = OrderedDict()  # dead letter's run id → agent
@@ -95,31 +148,36 @@ class Metrics:
             self._run_end(end)
         elif start is not None:
             if start.id in self._dead:  # a retried dead letter is delivered again
-                self.dead_letters.labels(self._dead.pop(start.id)).dec()
+                agent = self._dead.pop(start.id)
+                self.dead_letters[agent] = self.dead_letters.get(agent, 0) - 1
         elif kind == adapter.DEAD_LETTER_EVENT:
             agent, run_id = str(event.get("agent")), str(event.get("id"))
             if run_id not in self._dead:
-                self.dead_letters.labels(agent).inc()
+                self.dead_letters[agent] = self.dead_letters.get(agent, 0) + 1
                 _remember(self._dead, run_id, agent)
         elif kind == "dropped":  # only a reader of the event stream gets these: its counts are short by that
-            self.dropped.inc(adapter.as_int(event.get("count")) or 0)
+            self.dropped += adapter.as_int(event.get("count")) or 0
         elif kind == adapter.RETRY_EVENT:
-            self.runs.labels(str(event.get("agent")), "retry").inc()
+            _add(self.runs, (str(event.get("agent")), "retry"), 1)
         elif kind == "trigger_fired" and event.get("kind") == "webhook":
-            self.webhook_requests.labels(str(event.get("trigger")), "202").inc()
+            _add(self.webhook_requests, (str(event.get("trigger")), "202"), 1)
         elif kind == "webhook_rejected":
-            self.webhook_requests.labels(str(event.get("trigger") or ""), str(event.get("code"))).inc()
+            _add(self.webhook_requests, (str(event.get("trigger") or ""), str(event.get("code"))), 1)
 
     def _run_end(self, end: RunEnd) -> None:
-        self.runs.labels(end.agent, end.outcome).inc()
+        agent = end.agent
+        _add(self.runs, (agent, end.outcome), 1)
         if not end.ok:
             return
         if end.seconds is not None:
-            self.run_seconds.labels(end.agent).observe(end.seconds)
-        self.tokens.labels(end.agent, "prompt").inc(end.prompt_tokens)
-        self.tokens.labels(end.agent, "completion").inc(end.completion_tokens)
+            histogram = self.run_seconds.get(agent)
+            if histogram is None:
+                histogram = self.run_seconds[agent] = Histogram(RUN_BUCKETS)
+            histogram.observe(end.seconds)
+        _add(self.tokens, (agent, "prompt"), end.prompt_tokens)
+        _add(self.tokens, (agent, "completion"), end.completion_tokens)
         if end.cost is not None:
-            self.cost.labels(end.agent).inc(end.cost)
+            self.cost[agent] = self.cost.get(agent, 0.0) + end.cost
         parent_done = self._finished.get(end.parent_id) if end.parent_id else None
         if parent_done is not None and end.started_at is not None:
             self.hop_seconds.observe(max(0.0, end.started_at - parent_done))
@@ -130,10 +188,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _add(counts: dict[Any, Any], key: Any, amount: float) -> None:
+    counts[key] = counts.get(key, 0) + amount
+
+
 def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
     store[key] = value
     if len(store) > REMEMBERED_RUNS:
         store.popitem(last=False)
 
 
-__all__ = ["CONTENT_TYPE", "Metrics", "stamp"]
+__all__ = ["CONTENT_TYPE", "Histogram", "Metrics", "stamp"]

@@ -14,6 +14,24 @@ from llmling.observe.adapter import as_str as _str
 
 Message = dict[str, Any]
 RUN_EVENTS = frozenset({"run_started", "run_finished", "run_failed"})
+OUTCOME_EVENTS = frozenset({"run_finished", "run_failed"})
+# A run record, as the supervisor hands a run's outcome to the telemetry worker: a JSON array of these fields'
+# values, in this order ("ts": when the supervisor saw the outcome; "started_ts": when it saw the run's first
+# start, or null). Everything RunEnd.of reads.
+RECORD_FIELDS = ("event", "agent", "id", "trace_id", "parent_id", "attempt", "hops", "usage", "elapsed")
+RECORD_FIELDS += ("elapsed_total", "kind", "error", "ts", "started_ts")
+
+
+def record_of(event: Message, ts: float, started_ts: float | None) -> tuple[Any, ...]:
+    """The record of an outcome event (references to its values: encoded later, in a batch)."""
+    return (*map(event.get, RECORD_FIELDS[:-2]), ts, started_ts)
+
+
+def event_of(record: list[Any]) -> Message | None:
+    """The event a record carries, for RunStart.of / RunEnd.of; None for a record of another shape."""
+    if not isinstance(record, list) or len(record) != len(RECORD_FIELDS):
+        return None
+    return dict(zip(RECORD_FIELDS, record, strict=True))
 
 
 def stamp(event: Message) -> float:
@@ -104,4 +122,4 @@ class RunStart:
         )
 
 
-__all__ = ["RUN_EVENTS", "RunEnd", "RunStart", "stamp"]
+__all__ = ["OUTCOME_EVENTS", "RECORD_FIELDS", "RUN_EVENTS", "RunEnd", "RunStart", "event_of", "record_of", "stamp"]

@@ -256,3 +256,23 @@ def test_up_dashboard_dies_with_a_killed_supervisor(systems: Systems) -> None:
     os.kill(up.process.pid, signal.SIGKILL)
     up.process.wait(30)
     assert wait_gone(made.tag, 30) == []
+
+
+def test_agents_view_lists_each_process_with_its_host() -> None:
+    """A status entry with `processes` (replicas, remote hosts) shows each process with its host; without it,
+    the agent's pid as before."""
+    from llmling.dashboard.state import DashboardState
+
+    state = DashboardState()
+    processes = [
+        {"host": "web-1", "pid": 4101, "state": "ready", "replica": 0},
+        {"host": "gpu-2", "pid": 77, "state": "starting"},
+    ]
+    agents = [{"name": "a", "state": "ready", "pid": 4101, "processes": processes}, {"name": "b", "pid": 12}]
+    state.on_event({"event": "subscribed", "status": {"agents": agents, "totals": {}}})
+    shown = {agent["name"]: agent for agent in state.agents()}
+    assert shown["a"]["processes"] == [
+        {"host": "web-1", "pid": 4101, "state": "ready"},
+        {"host": "gpu-2", "pid": 77, "state": "starting"},
+    ]
+    assert shown["b"]["processes"] is None and shown["b"]["pid"] == 12

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -80,11 +81,17 @@ class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[ExportTraceServiceRequest] = []
+        # Export requests to answer 503 first, and how many were.
+        self.refuse_first = 0
+        self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     async def _export(self, request: web.Request) -> web.Response:
+        if self.refused < self.refuse_first:  # a collector that is not ready: the export is retried
+            self.refused += 1
+            return web.Response(status=503)
         decoded = ExportTraceServiceRequest()
         decoded.ParseFromString(await request.read())
         self.requests.append(decoded)
@@ -166,3 +173,31 @@ def test_packages_imported_only_when_on() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_worker_retries_a_refused_export_and_times_a_failed_run_from_its_start(receiver: Receiver) -> None:
+    """The telemetry worker alone (a real process fed on stdin, as the supervisor does): the collector's first
+    answer is 503, the request is retried; a failed run's span starts when the supervisor saw its start."""
+    from llmling.observe.runs import record_of
+
+    receiver.refuse_first = 1
+    now = time.time()
+    ok = {"event": "run_finished", "agent": "a", "id": "r1", "trace_id": "ab" * 16, "elapsed_total": 0.25}
+    failed = {"event": "run_failed", "agent": "b", "id": "r2", "trace_id": "ab" * 16, "parent_id": "r1"}
+    failed |= {"kind": "timeout", "error": "no reply"}
+    records = [record_of(ok, now, now - 0.25), record_of(failed, now + 1.0, now + 0.5)]
+    worker = subprocess.run(
+        [sys.executable, "-m", "llmling.observe.telemetry", f"http://127.0.0.1:{receiver.port}", "svc"],
+        input=json.dumps(records).encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert receiver.refused == 1
+    spans = {span.name: span for span in receiver.spans()}
+    assert set(spans) == {"invoke_agent a", "invoke_agent b"}
+    a, b = spans["invoke_agent a"], spans["invoke_agent b"]
+    assert b.parent_span_id == a.span_id and b.trace_id == a.trace_id == bytes.fromhex("ab" * 16)
+    assert b.status.code == 2 and b.status.message == "no reply"
+    assert b.start_time_unix_nano == int((now + 0.5) * 1e9) and b.end_time_unix_nano == int((now + 1.0) * 1e9)
+    assert a.end_time_unix_nano - a.start_time_unix_nano == pytest.approx(0.25e9, rel=1e-6)

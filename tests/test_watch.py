@@ -254,3 +254,42 @@ def test_event_prompt_is_bounded(systems) -> None:  # type: ignore[no-untyped-de
         system.cli("send", "analyzer", "-", input="x" * (EVENT_PROMPT_CHARS * 3))
         line = view.wait_for('"run_started"')
     assert json.loads(line)["prompt"] == "x" * EVENT_PROMPT_CHARS
+
+
+async def test_a_batch_subscription_gets_the_events_in_order_several_to_a_chunk(
+    tmp_path: Path, sock_path: Path
+) -> None:
+    """`subscribe` with `batch`: chunks carry `events` lists; every run's events arrive, in order, and a
+    subscriber of one agent gets only that agent's (and the system's) events."""
+    path = write_system(
+        tmp_path / "sys", "agents:\n  a:\n    callback: rec:record\n  b:\n    callback: rec:record\n"
+    )
+    chunks: list[dict] = []
+    only_b: list[dict] = []
+    subscribed, all_finished = asyncio.Event(), asyncio.Event()
+
+    def on_chunk(chunk: dict) -> None:
+        chunks.append(chunk)
+        subscribed.set()
+        if sum(e["event"] == "run_finished" for e in batch_events(chunks)) == 10:
+            all_finished.set()
+
+    async with AgentPool(load_config(path), socket=sock_path) as pool:
+        peer: Peer = await connect(sock_path, lambda _, message: None)
+        peer.start_request({"t": "subscribe", "batch": True}, on_chunk)
+        peer.start_request({"t": "subscribe", "batch": True, "agents": ["b"]}, only_b.append)
+        await asyncio.wait_for(subscribed.wait(), 30)
+        await asyncio.gather(*(pool.supervisor.router.send("a" if n % 2 else "b", f"m{n}") for n in range(10)))
+        await asyncio.wait_for(all_finished.wait(), 30)
+        peer.close()
+    events = batch_events(chunks)
+    assert events[0]["event"] == "subscribed"
+    assert any(len(chunk.get("events") or ()) > 1 for chunk in chunks), "several events share a chunk"
+    for n in range(10):
+        kinds = [e["event"] for e in events if e.get("prompt") == f"m{n}"]
+        assert kinds == ["run_started", "run_finished"], (n, kinds)
+    assert {e.get("agent") for e in batch_events(only_b) if "agent" in e} == {"b"}
+
+
+def batch_events(chunks: list[dict]) -> list[dict]:
+    return [event for chunk in chunks for event in chunk.get("events") or [chunk.get("event")] if event]

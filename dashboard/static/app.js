@@ -72,11 +72,19 @@ async function loadOverview() {
   }
 }
 
+// The pid, or, when the status lists an agent's processes (replicas, remote hosts), each with its host.
+function pidCell(agent) {
+  if (!Array.isArray(agent.processes)) return el("td", {}, fmt.num(agent.pid));
+  return el("td", { class: "processes" }, ...agent.processes.map((p) =>
+    el("div", { class: `process state-${p.state}`, "data-host": p.host ?? "", "data-pid": p.pid ?? "" },
+      `${p.host ?? "?"}:${fmt.num(p.pid)} ${p.state ?? ""}`)));
+}
+
 function renderAgents() {
   const rows = state.agents.map((a) => el("tr", { "data-agent": a.name },
     el("td", { class: "name" }, a.name),
     el("td", { class: `state-${a.state}`, title: a.error || "" }, a.state),
-    el("td", {}, fmt.num(a.pid)), el("td", {}, fmt.num(a.restarts)),
+    pidCell(a), el("td", {}, fmt.num(a.restarts)),
     el("td", {}, fmt.pair(a.queued, a.max_queue)), el("td", {}, fmt.pair(a.running, a.concurrency)),
     el("td", {}, fmt.num(a.runs)), el("td", {}, fmt.num(a.failed)), el("td", {}, fmt.num(a.tokens)),
     el("td", {}, fmt.cost(a.cost)), el("td", {}, fmt.secs(a.p50)), el("td", {}, fmt.secs(a.p95)),
