@@ -125,7 +125,14 @@ class DashboardState:
         for entry in (self.status or {}).get("agents") or ():
             if entry.get("name") == event.get("agent"):
                 entry["state"] = event.get("state")
-                if event.get("pid") is not None:
+                replica = event.get("replica")
+                if isinstance(replica, int):  # one process of several: its own line, not the agent's pid
+                    processes = entry.get("processes") or []
+                    if 0 < replica <= len(processes):
+                        processes[replica - 1]["state"] = event.get("process_state")
+                        if event.get("pid") is not None:
+                            processes[replica - 1]["pid"] = event.get("pid")
+                elif event.get("pid") is not None:
                     entry["pid"] = event.get("pid")
                 if event.get("state") == "restarting":
                     entry["restarts"] = (adapter.as_int(entry.get("restarts")) or 0) + 1

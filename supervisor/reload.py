@@ -15,9 +15,9 @@ difference is planned (`plan_reload`, pure) and applied (`Reloader.apply`):
 - background jobs from the config start, are replaced or stop where their config changed;
 - unchanged agents keep their processes and their queued work.
 
-Keys that shape the system itself (`name`, `state_dir`, `durability`, `transport`) cannot change while it
-runs: a config that changes them is refused, naming the key. Other top-level settings take effect for what
-starts after the reload (`max_hops` at once).
+Keys that shape the system itself (`name`, `state_dir`, `durability`, `transport`, and an agent's
+`placement`) cannot change while it runs: a config that changes them is refused, naming the key. Other
+top-level settings take effect for what starts after the reload (`max_hops` at once).
 """
 
 from __future__ import annotations
@@ -132,6 +132,13 @@ def plan_reload(old: SystemConfig, new: SystemConfig) -> ReloadPlan:
                 "the system to apply it; nothing was changed"
             )
     settings = tuple(sorted(key for key in new_top if old_top.get(key) != new_top[key]))
+    for name in (n for n in new.agents if n in old.agents):
+        before, after = old.agents[name].placement, new.agents[name].placement
+        if before != after:
+            raise ReloadError(
+                f"agents.{name}.placement changed ({before!r} → {after!r}): stop and start the system "
+                "(or remove the agent, reload, and add it back) to apply it; nothing was changed"
+            )
     both = [name for name in new.agents if name in old.agents]
     differ = [n for n in both if _own_settings(old.agents[n]) != _own_settings(new.agents[n])]
     count_only = IN_PLACE_KEYS | {"replicas"}

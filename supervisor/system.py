@@ -211,6 +211,11 @@ class Supervisor:
             replicas=agent.replicas,
         )
 
+    def _local_processes(self, config: SystemConfig, name: str) -> int:
+        """How many of `name`'s processes are children of this supervisor (none when all its hosts are remote)."""
+        agent = config.agents[name]
+        return 0 if agent.placement == "remote" and self.nats is not None else agent.replicas
+
     def _budget(self, processes: int) -> None:
         """Keep descriptors free for `processes` more (or fewer) agent processes."""
         fd_budget().agents += processes
@@ -314,12 +319,12 @@ class Supervisor:
             await slot.drain(drain)
             await slot.stop(AGENT_GRACE)
             del self.slots[name]
-            self._budget(-old.agents[name].replicas)
+            self._budget(-self._local_processes(old, name))
         for name in plan.added:
             slot = self.slots[name] = self._new_runner(name)
             if self.nats is not None and new.agents[name].placement != "local":
                 await self.nats.add_agent(name, self._max_deliver(name))
-            self._budget(new.agents[name].replicas)
+            self._budget(self._local_processes(new, name))
             self.router.add_agent(name)
             self._group.create_task(slot.run(), name=f"slot-{name}")
         await asyncio.gather(
@@ -333,9 +338,11 @@ class Supervisor:
         """A changed agent: a new `replicas` count adds or removes processes (the others keep running); with
         `restart` (another of its own settings changed) every process then restarts gracefully."""
         runner, before, after = self.slots[name], old.agents[name].replicas, self.config.agents[name].replicas
-        if isinstance(runner, AgentReplicas) and before != after:
+        # The local processes (of `placement: any`, its local side); a remote agent's hosts count their own.
+        local = runner.local if isinstance(runner, HybridAgent) else runner
+        if isinstance(local, AgentReplicas) and before != after:
             self._budget(after - before)
-            await runner.resize(after, drain)
+            await local.resize(after, drain)
         if restart:
             await runner.restart(drain)
 
@@ -408,7 +415,7 @@ class Supervisor:
                 self._spawner.close()
                 return
         # Descriptors kept free for spawning and serving our agents' processes.
-        self._budget(sum(agent.replicas for agent in self.config.agents.values()))
+        self._budget(sum(self._local_processes(self.config, name) for name in self.config.agents))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group

@@ -81,6 +81,14 @@ def test_plan_refuses_a_key_that_needs_a_restart() -> None:
         plan_reload(config(BASE), config("name: other\n" + BASE))
 
 
+def test_plan_refuses_a_changed_placement() -> None:
+    nats = "transport: {nats: {url: 'nats://127.0.0.1:4222'}}\n"
+    before = config(nats + BASE)
+    after = config(nats + BASE.replace("    callback: cb:pid", "    callback: cb:pid\n    placement: any"))
+    with pytest.raises(ReloadError, match=r"agents\.steady\.placement changed \('local' → 'any'\)"):
+        plan_reload(before, after)
+
+
 # -- a running system -----------------------------------------------------------------------------------------
 def test_reload_applies_the_difference(systems) -> None:  # type: ignore[no-untyped-def]
     system = systems.start(BASE)
