@@ -181,3 +181,13 @@ def options_from_config(config: NatsConfig, base_dir: Path, name: str) -> NatsOp
         connect_timeout=config.connect_timeout,
         name=name,
     )
+
+
+async def close_quietly(client: Client, timeout: float = 2.0) -> None:
+    """Send what is buffered (bounded by `timeout`), then close. No drain of subscriptions: callers close after
+    their own work stopped, and nats-py's drain leaves a gathered future unretrieved when it is cut short."""
+    with contextlib.suppress(Exception):
+        if client.is_connected:
+            await client.flush(timeout=timeout)
+    with contextlib.suppress(Exception):
+        await client.close()

@@ -29,7 +29,7 @@ from llmling.config import SystemConfig
 from llmling.errors import StartupError, StartupInterrupted
 from llmling.ipc.jetstream import encode, ensure_run_consumer, ensure_stream, max_deliveries
 from llmling.ipc.messages import HostReport, ProcessStatus
-from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
+from llmling.ipc.nats_connect import NatsConnectError, close_quietly, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import Peer
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
@@ -171,15 +171,6 @@ def processes(status: Message, host: str) -> list[ProcessStatus]:
         }
         for item in status.get("processes") or [status]
     ]
-
-
-async def close_quietly(client: Client) -> None:
-    from nats.errors import Error as NatsError
-
-    try:
-        await asyncio.wait_for(client.drain(), 5.0)
-    except (NatsError, OSError, TimeoutError):
-        await client.close()
 
 
 class HostServing:

@@ -35,7 +35,7 @@ from llmling.ipc.jetstream import (
     run_msg_id,
 )
 from llmling.ipc.messages import HostReport, ProcessStatus, RemoteReply, ResultFrame, RunFrame
-from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
+from llmling.ipc.nats_connect import NatsConnectError, close_quietly, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import OnChunk
 from llmling.supervisor.remote_serve import runner_places
@@ -139,11 +139,7 @@ class NatsLink:
         """After the drain: stop the results task (its fetch ends within FETCH_WAIT) and close the connection."""
         self._closing = True
         if self.nc is not None:
-            if self.connected.is_set():  # a disconnected client has nothing to drain: closed at once
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.nc.drain(), 5.0)
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            await close_quietly(self.nc)
         self.connected.clear()
 
     async def _lost(self) -> None:
