@@ -17,11 +17,12 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
 from llmling.config import load_config
+from llmling.ipc.client import Client
 from llmling.ipc.frames import FrameError, FrameTooLarge
 from llmling.ipc.jetstream import decode, encode, result_msg_id
 from llmling.ipc.nats_connect import MAX_PAYLOAD, NatsConnectError, NatsOptions, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
-from llmling.testing import NatsServer, SystemProcess
+from llmling.testing import NatsServer, Reply, ScriptedLLM, SystemProcess
 from tests import test_across_hosts
 from tests._automation import wait_until
 from tests._hosts import Hosts
@@ -302,3 +303,27 @@ def test_the_codec_keeps_the_size_rule_and_refuses_what_is_not_an_object() -> No
     for bad in (b"[1]", b"{", b"\xff", b'{"id": 5}', b"x" * (MAX_PAYLOAD + 1)):
         with pytest.raises(FrameError):
             decode(bad)
+
+
+def test_a_remote_run_streams_its_chunks_one_by_one(
+    systems: Systems, hosts: Hosts, nats: NatsServer, llm: ScriptedLLM
+) -> None:
+    agents = f"""
+          s:
+            model: openai/remote-stream
+            api_base: {llm.url}
+            api_key_env: LLT_API_KEY
+            placement: remote
+        """
+    system = systems.make(config(nats.url, agents), env={"LLT_API_KEY": "sk-remote-0123456789"})
+    system.start(until=up)
+    hosts.start(system.config, "h1", env={"LLT_API_KEY": "sk-remote-0123456789"})
+    wait_until(lambda: state_is(system, "s", "ready"), timeout=60, what="s ready")
+    pieces = ("over ", "the ", "wire")
+    llm.script(Reply("".join(pieces), chunks=pieces), model="remote-stream")
+    with Client(system.socket, timeout=90) as client:
+        frames = list(client.stream({"t": "send", "agent": "s", "prompt": "go", "stream": True}))
+    accepted, *chunks, answer = frames
+    assert accepted["accepted"]["id"] == answer["id"]
+    assert tuple(chunk["text"] for chunk in chunks) == pieces  # core NATS, in order, before the result
+    assert answer["t"] == "result" and answer["content"] == "over the wire"
