@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ async def connect(
     async def error_cb(exc: Exception) -> None:
         if connected:
             log.warning("NATS: {}", _describe(exc))
-        else:
+        elif not last or not _refused(last[0]):  # the server's refusal says more than the reset after it
             last[:] = [exc]
 
     async def noop() -> None:
@@ -98,7 +99,8 @@ async def connect(
     try:
         tls = options.tls_context()
     except (OSError, ssl.SSLError) as exc:
-        raise NatsConnectError(f"NATS TLS files: {exc}") from None
+        files = ", ".join(f for f in (options.tls_ca_file, options.tls_cert_file, options.tls_key_file) if f)
+        raise NatsConnectError(f"NATS TLS files ({files}): {getattr(exc, 'strerror', None) or exc}") from None
     client = Client()
     try:
         # nats-py keeps trying a refused server inside `connect`; the deadline ends the first attempt.
@@ -132,9 +134,24 @@ async def connect(
     return client
 
 
+def _refused(exc: BaseException) -> bool:
+    return "authorization violation" in str(exc).lower()
+
+
+class _QuietTlsClose(logging.Filter):
+    """Drops asyncio's warning about a TLS connection the server closed (nats-py's protocol asks to keep it
+    half-open, which TLS cannot): one per closed TLS connection, and nothing is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().removeprefix("nats: ").strip("'\"") or type(exc).__name__
-    if "authorization violation" in text.lower():
+    if _refused(exc):
         return (
             "authorization violation (the server wants credentials: creds_file, nkey_seed_file, "
             "user + password, or a token)"

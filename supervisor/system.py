@@ -33,6 +33,7 @@ from llmling.supervisor.history import HistoryService
 from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.nats_control import nats_control
 from llmling.supervisor.observers import add_observers
 from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
 from llmling.supervisor.restarts import RestartRequests
@@ -129,6 +130,8 @@ class Supervisor:
         self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
         # Prometheus `/metrics` (`metrics:`) and OpenTelemetry spans (`telemetry:`), when configured.
         add_observers(self)
+        # With `transport.nats`: the same control requests from remote clients (opened in `_run`, closed last).
+        self.nats_control = nats_control(self.control, config)
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -367,6 +370,8 @@ class Supervisor:
                 if self.journal is not None:
                     self.journal.start(group.create_task)
                 try:
+                    if self.nats_control is not None:
+                        await self.nats_control.start()
                     await self._start_all(group)
                 except StartupError as exc:
                     self._started.set_exception(exc)
@@ -390,6 +395,8 @@ class Supervisor:
             self._group = None
             if self.journal is not None:
                 self.journal.abandon()  # only when the shutdown could not close it (the group failed)
+            if self.nats_control is not None:
+                await self.nats_control.close()
             await self._server.close()
             self._spawner.close()
             self.emit({"event": "system_stopped", "name": self.config.name})
