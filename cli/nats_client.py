@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from llmling.ipc.client import FrameClient, NotRunning
 from llmling.ipc.frames import FrameError, Message, decode, encode_body
@@ -31,9 +32,15 @@ TOKEN_ENV = "NATS_TOKEN"
 KEEPALIVE = 10.0
 PING_TIMEOUT = 30.0
 
+T = TypeVar("T")
+
 
 class NatsUsageError(ValueError):
     """The NATS flags do not make sense together (one line naming the flag)."""
+
+
+class NatsRefused(ConnectionError):
+    """The NATS server refused an operation of ours (e.g. a publish to the control subject we may not use)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +99,36 @@ class NatsClient(FrameClient):
         self.target = target
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
+        # Completed with the server's refusal (a permissions violation): every wait ends with it.
+        self._refused: asyncio.Future[str] = self._loop.create_future()
         self._ids = 0
         # Frames this client answers itself (a request too large to publish), before any from the system.
         self._local: list[Message] = []
         try:
-            self._nats: Nats = self._loop.run_until_complete(connect(target.options, reconnect=False))
+            connecting = connect(target.options, reconnect=False, on_error=self._on_error)
+            self._nats: Nats = self._loop.run_until_complete(connecting)
             self._inbox = self._nats.new_inbox()
             self._subscription = self._loop.run_until_complete(self._nats.subscribe(self._inbox))
             self._loop.run_until_complete(self._ping())
         except BaseException:
             self.close()
             raise
+
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._refused.done():
+            text = str(exc).strip().removeprefix("nats: ").strip("'").splitlines()[0]
+            self._refused.set_result(f"NATS at {self.target.options.url} refused: {text}")
+
+    async def _unless_refused(self, waiting: Awaitable[T]) -> T:
+        """`waiting`'s result, or NatsRefused as soon as the server reports a refusal."""
+        task = asyncio.ensure_future(waiting)
+        await asyncio.wait({task, self._refused}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise NatsRefused(self._refused.result())
+        return task.result()
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -142,7 +168,7 @@ class NatsClient(FrameClient):
             if wait <= 0:
                 raise TimeoutError(f"no answer from system {self.target.system!r} within {self.timeout:g} s")
             try:
-                msg = await self._subscription.next_msg(timeout=wait)
+                msg = await self._unless_refused(self._subscription.next_msg(timeout=wait))
             except NatsTimeout:
                 await self._ping()
                 continue
@@ -170,7 +196,7 @@ class NatsClient(FrameClient):
         self._ids += 1
         ping = encode_body({"t": "ping", "id": f"n{os.getpid():x}-{self._ids}"})
         try:
-            await self._nats.request(self.target.control, ping, timeout=PING_TIMEOUT)
+            await self._unless_refused(self._nats.request(self.target.control, ping, timeout=PING_TIMEOUT))
         except NoRespondersError:
             raise NotRunning(
                 f"no system {self.target.system!r} answers at {self.target.options.url} "
@@ -182,4 +208,4 @@ class NatsClient(FrameClient):
             raise ConnectionError(f"lost the connection to NATS at {self.target.options.url}") from None
 
 
-__all__ = ["NatsClient", "NatsConnectError", "NatsTarget", "NatsUsageError", "target_from_flags"]
+__all__ = ["NatsClient", "NatsConnectError", "NatsRefused", "NatsTarget", "NatsUsageError", "target_from_flags"]

@@ -72,12 +72,12 @@ def nats_flags() -> dict[str, Any] | None:
 
 def connect_nats(name: str | None, flags: dict[str, Any], timeout: float | None = None) -> FrameClient:
     """A client of system `name` over NATS (imports asyncio and nats only now)."""
-    from llmling.cli.nats_client import NatsClient, NatsConnectError, NatsUsageError, target_from_flags
+    from llmling.cli import nats_client as remote
 
     try:
-        target = target_from_flags(system=name, **{**flags, "stream": flags.get("stream") or "llmling"})
-        return NatsClient(target, timeout)
-    except (NatsUsageError, NatsConnectError, NotRunning) as exc:
+        target = remote.target_from_flags(system=name, **{**flags, "stream": flags.get("stream") or "llmling"})
+        return remote.NatsClient(target, timeout)
+    except (remote.NatsUsageError, remote.NatsConnectError, remote.NatsRefused, NotRunning) as exc:
         raise click.ClickException(str(exc)) from None
     except ConnectionError as exc:
         raise click.ClickException(f"lost the system: {exc}") from None

@@ -74,10 +74,12 @@ async def connect(
     reconnect: bool = True,
     on_disconnect: OnEvent | None = None,
     on_reconnect: OnEvent | None = None,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect (raises NatsConnectError naming the URL after `connect_timeout` + 1 s at most); with `reconnect`,
     later losses of the server are retried forever every ~RECONNECT_WAIT s, with `on_disconnect`/
-    `on_reconnect` called meanwhile; without it, a lost connection stays closed."""
+    `on_reconnect` called meanwhile; without it, a lost connection stays closed. Errors the server reports
+    once connected (e.g. a permissions violation) are logged as one line, or given to `on_error`."""
     from nats.aio.client import Client
     from nats.errors import Error as NatsError
     from nats.errors import NoServersError
@@ -88,7 +90,9 @@ async def connect(
     connected = False
 
     async def error_cb(exc: Exception) -> None:
-        if connected:
+        if connected and on_error is not None:
+            await on_error(exc)
+        elif connected:
             log.warning("NATS: {}", _describe(exc))
         elif not last or not _refused(last[0]):  # the server's refusal says more than the reset after it
             last[:] = [exc]

@@ -13,8 +13,8 @@ Limits (in the spirit of ipc/server.py's for socket clients):
   events long before, above `events.BUFFER_LIMIT`); a reply above the server's `max_payload` is replaced by an
   `error` reply (the socket's size rule, with NATS' limit);
 - liveness: every `PROBE_INTERVAL` s each long-lived request's inbox is sent an empty request; a client that
-  is gone (no responders) or does not answer within `PROBE_TIMEOUT` s (gone, or too slow to read its events)
-  is dropped.
+  is gone (no responders) is dropped; one that does not answer within `PROBE_TIMEOUT` s (gone, or too slow to
+  read its events) is dropped with a final `error` frame saying so.
 When the control closes (the system has ended), each open request and each earlier `stop` request gets a
 final `{"t": "stopped"}` frame, so a remote `watch` ends and a remote `stop` knows the system is gone.
 
@@ -306,11 +306,15 @@ class NatsControl:
         assert self._nats is not None
         try:
             await self._nats.request(peer.inbox, b"", timeout=PROBE_TIMEOUT)
-        except (NoRespondersError, NatsTimeout) as exc:
+        except NoRespondersError:
             self.refused["probe"] += 1
-            why = "gone" if isinstance(exc, NoRespondersError) else f"no answer within {PROBE_TIMEOUT:g} s"
-            _log.info("dropping a NATS subscriber ({})", why)
+            _log.info("dropping a NATS subscriber (gone)")
             peer.abort()
+        except NatsTimeout:  # gone, or too slow to read its frames: told why, in case it is still there
+            self.refused["probe"] += 1
+            why = f"no answer to the liveness probe within {PROBE_TIMEOUT:g} s"
+            _log.info("dropping a NATS subscriber ({})", why)
+            peer.send({"t": "error", "re": peer.request_id, "error": f"dropped: {why}"})
         except (ConnectionClosedError, OSError):
             return  # our side is down: the reconnect decides, not the client
 

@@ -236,3 +236,95 @@ def test_an_unreachable_nats_fails_the_start_with_one_line(systems: Systems) -> 
     assert system.run() != 0
     assert f"cannot connect to NATS at {url}" in system.log_text()
     assert "Traceback" not in system.log_text()
+
+
+async def test_bad_requests_and_the_subscriber_cap(systems: Systems, nats_server: NatsServer) -> None:
+    """Over NATS as over the socket: a bad frame or request gets an `error` naming the problem, the long-lived
+    requests are bounded, and none of it disturbs the next request."""
+    from llmling.ipc.frames import decode, encode_body
+    from llmling.ipc.nats_connect import NatsOptions, connect
+    from llmling.supervisor.nats_control import MAX_SUBSCRIBERS
+
+    systems.start(config("remote4", f"{{url: '{nats_server.url}'}}"))
+    subject = "llmling.remote4.control"
+    nats = await connect(NatsOptions(nats_server.url), reconnect=False)
+    try:
+
+        async def ask(body: bytes) -> dict[str, object]:
+            return decode((await nats.request(subject, body, timeout=30)).data)
+
+        bad = await ask(b"not json")
+        assert bad["t"] == "error" and str(bad["error"]).startswith("protocol error: frame is not valid JSON")
+        unknown = await ask(encode_body({"t": "nope", "id": "r1"}))
+        assert unknown == {"t": "error", "re": "r1", "error": "field 't': unknown request type 'nope'"}
+        no_id = await ask(encode_body({"t": "status"}))
+        assert no_id == {"t": "error", "error": "field 'id' must be of type str"}
+
+        inboxes = []
+        for number in range(MAX_SUBSCRIBERS):
+            inbox = nats.new_inbox()
+            subscription = await nats.subscribe(inbox)
+            await nats.publish(subject, encode_body({"t": "subscribe", "id": f"s{number}"}), reply=inbox)
+            first = decode((await subscription.next_msg(timeout=30)).data)
+            assert first["t"] == "chunk" and first["event"]["event"] == "subscribed", first
+            inboxes.append(subscription)
+        over = await ask(encode_body({"t": "subscribe", "id": "one-too-many"}))
+        assert over == {
+            "t": "error",
+            "re": "one-too-many",
+            "error": f"too many NATS subscribers: the limit is {MAX_SUBSCRIBERS}",
+        }
+        status = await ask(encode_body({"t": "status", "id": "after"}))
+        assert status["t"] == "status" and status["re"] == "after" and status["name"] == "remote4"
+
+        # These subscribers never answer the liveness probe (too slow, or gone): each is dropped, and told.
+        for subscription in inboxes:
+            while True:
+                msg = await subscription.next_msg(timeout=30)
+                frame = decode(msg.data) if msg.data else {}
+                if frame.get("t") == "error":
+                    assert frame["error"] == "dropped: no answer to the liveness probe within 5 s"
+                    break
+        again = await ask(encode_body({"t": "subscribe", "id": "room-again"}))
+        assert again["t"] == "chunk" and again["event"]["event"] == "subscribed"
+    finally:
+        await nats.close()
+
+
+class ConfiguredNats(NatsServer):
+    """A NatsServer that also reads a server config file (for users with permissions)."""
+
+    def __init__(self, store_dir: Path, config_file: Path) -> None:
+        super().__init__(store_dir)
+        self.config_file = config_file
+
+    def command(self) -> list[str]:
+        return [*super().command(), "-c", str(self.config_file)]
+
+
+def test_nats_permissions_decide_who_may_control(systems: Systems, tmp_path: Path) -> None:
+    """The README's example: the supervisor may do everything, `ops` may control the system, `guest` may not."""
+    config_file = tmp_path / "auth.conf"
+    config_file.write_text(
+        """
+        authorization {
+          users = [
+            {user: supervisor, password: sup-pass}
+            {user: ops, password: ops-pass,
+             permissions: {publish: ["llmling.perm.control"], subscribe: ["_INBOX.>"], allow_responses: true}}
+            {user: guest, password: guest-pass, permissions: {publish: {deny: ">"}, subscribe: ["_INBOX.>"]}}
+          ]
+        }
+        """
+    )
+    with ConfiguredNats(tmp_path / "nats", config_file) as server:
+        systems.start(
+            config("perm", f"{{url: '{server.url}', user: supervisor, password_env: SUP_PASS}}"),
+            env={"SUP_PASS": "sup-pass"},
+        )
+        ops = Remote(server.url, "perm", {"NATS_PASSWORD": "ops-pass"})
+        sent = ops.run("send", "echo", "allowed", "--nats-user", "ops")
+        assert sent.returncode == 0 and sent.stdout.strip() == "echo: allowed", sent.stderr
+        guest = Remote(server.url, "perm", {"NATS_PASSWORD": "guest-pass"}).run("status", "--nats-user", "guest")
+        line = one_line_error(guest)
+        assert server.url in line and 'permissions violation for publish to "llmling.perm.control"' in line.lower()
