@@ -13,6 +13,7 @@ from llmling.cli.automation import background, trigger
 from llmling.cli.complete import agent_names
 from llmling.cli.dashboard import dashboard
 from llmling.cli.delivery import dead_letters, retry
+from llmling.cli.host import host
 from llmling.cli.logs import logs
 from llmling.cli.systemd import systemd_unit
 from llmling.cli.target import connect, fail_on_error, request, with_system
@@ -243,8 +244,8 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-# Automation: live events, triggers, background runs, the systemd unit, the web dashboard.
-for _command in (watch, trigger, background, systemd_unit, logs, dead_letters, retry, dashboard):
+# Automation: live events, triggers, background runs, the systemd unit, the web dashboard, agent hosts.
+for _command in (watch, trigger, background, systemd_unit, logs, dead_letters, retry, dashboard, host):
     main.add_command(_command)
 
 

@@ -234,6 +234,44 @@ class BackgroundStopRequest(TypedDict):
     agent: str
 
 
+# -- over NATS (agent hosts ↔ supervisor; docs/ARCHITECTURE.md "Across hosts") ---------------------------------
+class ProcessStatus(TypedDict):
+    """One agent process as a status lists it (local or on an agent host)."""
+
+    host: str
+    pid: int | None
+    state: str
+    restarts: int
+    running: int
+    queued: int
+    error: str | None
+
+
+class RemoteReply(TypedDict):
+    """A host's answer to a run it took from JetStream, published to `Subjects.result`."""
+
+    # The run's id and the attempt the host ran (the frame's `attempt` + its deliveries - 1).
+    id: str
+    attempt: int
+    # The host's name and the pid of the agent process that ran it (None: it never reached one).
+    host: str
+    pid: int | None
+    reply: ResultFrame | ErrorFrame
+
+
+class HostReport(TypedDict):
+    """A host's periodic report (core NATS, `Subjects.hosts`, every `host_heartbeat` s)."""
+
+    host: str
+    # A uuid per `llmling host` process (two hosts may share a hostname).
+    host_id: str
+    pid: int
+    # Per agent this host serves: its processes.
+    agents: dict[str, list[ProcessStatus]]
+    # True in the last report of a host that is stopping.
+    leaving: bool
+
+
 # What an agent process may send its supervisor, and what it may receive.
 AgentToSupervisor = (
     HelloFrame | ComponentFrame | ReadyFrame | FailedFrame | ChunkFrame | ResultFrame | ErrorFrame | PongFrame
@@ -257,10 +295,13 @@ __all__ = [
     "FailedFrame",
     "HelloFrame",
     "HistoryRequest",
+    "HostReport",
     "OkFrame",
     "PingFrame",
     "PongFrame",
+    "ProcessStatus",
     "ReadyFrame",
+    "RemoteReply",
     "ResultFrame",
     "RunFrame",
     "RunReply",

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+
+    from llmling.config.transport import NatsConfig
 
 # Seconds between reconnect attempts (nats-py adds its own jitter); a client that reconnects does so forever.
 RECONNECT_WAIT = 1.0
@@ -165,3 +169,35 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return text.splitlines()[0]
+
+
+def options_from_config(config: NatsConfig, base_dir: Path, name: str) -> NatsOptions:
+    """The one place a `transport.nats` config becomes `NatsOptions`: the password/token are read from the
+    environment variables the config names (a missing one: NatsConnectError naming it), file paths are taken
+    relative to the config's folder (`base_dir`). `name` is the client's name as the server shows it."""
+
+    def secret(field: str, variable: str | None) -> str | None:
+        if variable is None:
+            return None
+        value = os.environ.get(variable)
+        if value is None:
+            raise NatsConnectError(f"transport.nats.{field}: environment variable {variable} is not set")
+        return value
+
+    def path(value: str | None) -> str | None:
+        return None if value is None else str(base_dir / Path(value).expanduser())
+
+    tls = config.tls
+    return NatsOptions(
+        url=config.url,
+        creds_file=path(config.creds_file),
+        nkey_seed_file=path(config.nkey_seed_file),
+        user=config.user,
+        password=secret("password_env", config.password_env),
+        token=secret("token_env", config.token_env),
+        tls_ca_file=path(tls.ca_file if tls else None),
+        tls_cert_file=path(tls.cert_file if tls else None),
+        tls_key_file=path(tls.key_file if tls else None),
+        connect_timeout=config.connect_timeout,
+        name=name,
+    )

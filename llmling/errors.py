@@ -181,6 +181,9 @@ class AgentRunError(LLMlingError):
         self.agent = agent
         self.cause = cause
         self.kind: RunErrorKind = kind
+        # The attempts this failure used, when the transport counted them itself (NATS redeliveries); the
+        # router then counts them as its own. None: this was one attempt.
+        self.attempts: int | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.agent, self.cause, self.kind)

@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from llmling.errors import StartupError
 from llmling.ipc.frames import HEADER, FrameError, Message, decode, encode_body
-from llmling.ipc.nats_connect import NatsConnectError, NatsOptions, connect
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import Peer
 
@@ -43,8 +38,6 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as Nats
     from nats.aio.msg import Msg
 
-    from llmling.config import SystemConfig
-    from llmling.config.transport import NatsConfig
     from llmling.supervisor.control import Control
 
 # Requests open at once (a send waiting for its result, a subscription, ...).
@@ -65,37 +58,6 @@ PENDING_BYTES = 32 * 1024 * 1024
 CLOSE_FLUSH = 2.0
 
 _log = logger.bind(agent="supervisor")
-
-
-def options_from_config(config: NatsConfig, base_dir: str | os.PathLike[str], name: str) -> NatsOptions:
-    """The connection options of `transport.nats`: password and token read from the environment variables the
-    config names (an unset one is a StartupError naming it), files relative to the config's folder."""
-
-    def path(value: str | None) -> str | None:
-        return None if value is None else str(Path(base_dir, os.path.expanduser(value)))
-
-    def secret(variable: str | None, key: str) -> str | None:
-        if variable is None:
-            return None
-        value = os.environ.get(variable)
-        if not value:
-            raise StartupError(f"transport.nats.{key}: the environment variable {variable} is not set")
-        return value
-
-    tls = config.tls
-    return NatsOptions(
-        url=config.url,
-        creds_file=path(config.creds_file),
-        nkey_seed_file=path(config.nkey_seed_file),
-        user=config.user,
-        password=secret(config.password_env, "password_env"),
-        token=secret(config.token_env, "token_env"),
-        tls_ca_file=path(tls.ca_file) if tls else None,
-        tls_cert_file=path(tls.cert_file) if tls else None,
-        tls_key_file=path(tls.key_file) if tls else None,
-        connect_timeout=config.connect_timeout,
-        name=name,
-    )
 
 
 class _Outbox(asyncio.Transport):
@@ -176,15 +138,13 @@ def _no_message(peer: Peer, message: Message) -> None:  # a NatsPeer never reads
 
 
 class NatsControl:
-    """Serves `control`'s requests on `subjects.control`. `start()` connects (raises StartupError with one line
-    naming the URL) and subscribes; `close()` ends every open request and closes what it opened. Owns its
-    two tasks (the sender and the prober) and its connection."""
+    """Serves `control`'s requests on `subjects.control` over the supervisor's NATS connection (`NatsLink`'s,
+    which reconnects and re-subscribes by itself). `start(nats)` subscribes; `close()` ends every open request
+    and unsubscribes, before the connection closes. Owns its two tasks (the sender and the prober)."""
 
-    def __init__(self, control: Control, subjects: Subjects, options: Callable[[], NatsOptions]) -> None:
+    def __init__(self, control: Control, subjects: Subjects) -> None:
         self._control = control
         self.subjects = subjects
-        # Built at start (it reads the password/token from the environment then).
-        self._options = options
         self._nats: Nats | None = None
         # Invariant: True from close() on: no new request is taken.
         self._closed = False
@@ -202,11 +162,9 @@ class NatsControl:
     def subscribers(self) -> int:
         return sum(1 for peer in self.peers if peer.long_lived)
 
-    async def start(self) -> None:
-        try:
-            self._nats = await connect(self._options())
-        except NatsConnectError as exc:
-            raise StartupError(str(exc)) from None
+    async def start(self, nats: Nats | None) -> None:
+        assert nats is not None, "the NATS connection is up before the control starts"
+        self._nats = nats
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="nats-control-send"),
             asyncio.create_task(self._probe_loop(), name="nats-control-probe"),
@@ -320,7 +278,7 @@ class NatsControl:
 
     # -- closing ----------------------------------------------------------------------------------------------
     async def close(self) -> None:
-        """Stop answering; tell every open request and earlier `stop` that the system stopped; disconnect."""
+        """Stop answering; tell every open request and earlier `stop` that the system stopped (idempotent)."""
         nats = self._nats
         if nats is None or self._closed:
             return
@@ -333,31 +291,15 @@ class NatsControl:
                 peer.send({"t": "stopped", "re": peer.request_id})
         for inbox, request_id in self._stop_waiters:
             self._answer(inbox, {"t": "stopped", "re": request_id})
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):  # a timeout, or a connection that is already closed
             async with asyncio.timeout(CLOSE_FLUSH):
                 await self._queue.join()
                 await nats.flush(timeout=CLOSE_FLUSH)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for peer in list(self.peers):
             peer.abort()
-        self._nats = None
-        with contextlib.suppress(Exception):
-            await nats.close()
 
 
-def nats_control(control: Control, config: SystemConfig) -> NatsControl | None:
-    """The NATS control of a system whose config has `transport.nats`; None without."""
-    nats = config.transport.nats
-    if nats is None:
-        return None
-    name = f"llmling-supervisor {config.name}"
-    return NatsControl(
-        control, Subjects(nats.stream, config.name), lambda: options_from_config(nats, config.base_dir, name)
-    )
-
-
-__all__ = ["MAX_REQUESTS", "MAX_SUBSCRIBERS", "NatsControl", "NatsPeer", "nats_control", "options_from_config"]
+__all__ = ["MAX_REQUESTS", "MAX_SUBSCRIBERS", "NatsControl", "NatsPeer"]

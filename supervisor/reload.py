@@ -13,9 +13,9 @@ difference is planned (`plan_reload`, pure) and applied (`Reloader.apply`):
 - background jobs from the config start, are replaced or stop where their config changed;
 - unchanged agents keep their processes and their queued work.
 
-Keys that shape the system itself (`name`, `state_dir`, `durability`) cannot change while it runs: a config
-that changes them is refused, naming the key. Other top-level settings take effect for what starts after the
-reload (`max_hops` at once).
+Keys that shape the system itself (`name`, `state_dir`, `durability`, `transport`) cannot change while it
+runs: a config that changes them is refused, naming the key. Other top-level settings take effect for what
+starts after the reload (`max_hops` at once).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 # Top-level keys a running system cannot take on; changing them needs a stop and a start.
-FIXED_KEYS = ("name", "state_dir", "durability")
+FIXED_KEYS = ("name", "state_dir", "durability", "transport")
 # Per-agent keys applied in place (by routes, triggers, background jobs) without restarting the agent.
 IN_PLACE_KEYS = frozenset({"connections", "triggers", "background"})
 

@@ -290,6 +290,7 @@ class Router:
                     if self._journal is None:
                         raise
                     raise AgentRunError(slot.name, LEFT_FOR_NEXT_START, kind="unavailable") from None
+                unit.attempt = max(unit.attempt, exc.attempts or 0)  # redeliveries the transport made
                 if exc.kind == "busy":  # a forwarded or resumed run waits for room; not an attempt
                     unit.attempt -= 1
                     await asyncio.sleep(busy_wait)

@@ -21,6 +21,7 @@ from llmling.agent_proc.spec import AgentSpec
 from llmling.config import SystemConfig
 from llmling.errors import LLMlingError, StartupError, StartupInterrupted
 from llmling.ipc.fdbudget import fd_budget, raise_nofile_limit
+from llmling.ipc.jetstream import max_deliveries
 from llmling.ipc.paths import socket_path
 from llmling.ipc.peer import Peer
 from llmling.ipc.server import ListenError, UnixServer
@@ -33,12 +34,14 @@ from llmling.supervisor.history import HistoryService
 from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
-from llmling.supervisor.nats_control import nats_control
+from llmling.supervisor.nats_control import NatsControl
 from llmling.supervisor.observers import add_observers
 from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
+from llmling.supervisor.remote import HybridAgent, NatsLink, RemoteAgent
 from llmling.supervisor.restarts import RestartRequests
 from llmling.supervisor.router import Route, Router
 from llmling.supervisor.routes import route_from_config
+from llmling.supervisor.runner import AgentRunner
 from llmling.supervisor.service import Service
 from llmling.supervisor.slot import AgentSlot, SlotPolicy
 from llmling.supervisor.spawner import Spawner
@@ -76,7 +79,10 @@ class Supervisor:
         # frame is an agent's hello may stay; once authenticated it is trusted (see _on_message).
         self._server = UnixServer(self.socket_path, self._on_message, exempt=_is_agent_hello)
         self.models = {name: ModelService(name) for name in sorted(config.local_models)}
-        self.slots = {name: self._new_slot(name) for name in config.agents}
+        # With `transport.nats`: the NATS connection of the agents placed `remote`/`any` (connected in `_run`).
+        nats = config.transport.nats
+        self.nats = NatsLink(nats, config.base_dir, config.name, self.emit) if nats is not None else None
+        self.slots = {name: self._new_runner(name) for name in config.agents}
         # The journal of accepted units (durability sync/batch): written before a unit is acknowledged or
         # forwarded, read back by the next start. Opened in `_run` (a journal that cannot open fails the start).
         self.journal = (
@@ -130,8 +136,9 @@ class Supervisor:
         self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
         # Prometheus `/metrics` (`metrics:`) and OpenTelemetry spans (`telemetry:`), when configured.
         add_observers(self)
-        # With `transport.nats`: the same control requests from remote clients (opened in `_run`, closed last).
-        self.nats_control = nats_control(self.control, config)
+        # With `transport.nats`: the same control requests from remote clients, over `self.nats`'s connection
+        # (served from its start in `_run` until just before it closes).
+        self.nats_control = NatsControl(self.control, self.nats.subjects) if self.nats is not None else None
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -178,6 +185,20 @@ class Supervisor:
         return task
 
     spawn_request = _spawn_task
+
+    def _new_runner(self, name: str) -> AgentRunner:
+        """The runner of `name` by its `placement`: its local process, its hosts over NATS, or both."""
+        agent = self.config.agents[name]
+        if agent.placement == "local" or self.nats is None:
+            return self._new_slot(name)
+        remote = RemoteAgent(
+            name, self.nats, self.emit, agent.max_queue, agent.run_timeout, self._max_deliver(name)
+        )
+        return remote if agent.placement == "remote" else HybridAgent(self._new_slot(name), remote)
+
+    def _max_deliver(self, name: str) -> int:
+        retry = self.config.agents[name].retry
+        return max_deliveries(retry.max_attempts, "crash" in retry.on)
 
     def _new_slot(self, name: str) -> AgentSlot:
         return AgentSlot(
@@ -286,7 +307,9 @@ class Supervisor:
             del self.slots[name]
             fd_budget().agents -= 1
         for name in plan.added:
-            slot = self.slots[name] = self._new_slot(name)
+            slot = self.slots[name] = self._new_runner(name)
+            if self.nats is not None and new.agents[name].placement != "local":
+                await self.nats.add_agent(name, self._max_deliver(name))
             fd_budget().agents += 1
             self.router.add_agent(name)
             self._group.create_task(slot.run(), name=f"slot-{name}")
@@ -370,8 +393,15 @@ class Supervisor:
                 if self.journal is not None:
                     self.journal.start(group.create_task)
                 try:
-                    if self.nats_control is not None:
-                        await self.nats_control.start()
+                    if self.nats is not None:  # the stream and consumers exist before any run is published
+                        remote = {
+                            n: self._max_deliver(n)
+                            for n, a in self.config.agents.items()
+                            if a.placement != "local"
+                        }
+                        await self.nats.start(remote, self.spawn_service_task)
+                    if self.nats_control is not None and self.nats is not None:
+                        await self.nats_control.start(self.nats.nc)
                     await self._start_all(group)
                 except StartupError as exc:
                     self._started.set_exception(exc)
@@ -396,7 +426,7 @@ class Supervisor:
             if self.journal is not None:
                 self.journal.abandon()  # only when the shutdown could not close it (the group failed)
             if self.nats_control is not None:
-                await self.nats_control.close()
+                await self.nats_control.close()  # when the shutdown could not (the group failed)
             await self._server.close()
             self._spawner.close()
             self.emit({"event": "system_stopped", "name": self.config.name})
@@ -464,6 +494,10 @@ class Supervisor:
         self._server.stop_listening()
         await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
         await asyncio.gather(*(model.stop() for model in self.models.values()))
+        if self.nats_control is not None:
+            await self.nats_control.close()  # remote clients are told the system stopped
+        if self.nats is not None:
+            await self.nats.close()
         # Whatever request is still running (client sends, downstream runs) ends now.
         for task in list(self._requests):
             task.cancel()
