@@ -46,6 +46,11 @@ class Remote:
     def args(self, *args: str, nats: bool = True) -> list[str]:
         return [*llmling_command(), *args, *(["--nats", self.url, "--name", self.name] if nats else [])]
 
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """`llmling ARGS --nats ...` in the background, its stdout (text) piped."""
+        command = self.args(*args)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=self.env, stdin=subprocess.DEVNULL)
+
     def run(self, *args: str, timeout: float = 60.0, nats: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.args(*args, nats=nats),
@@ -89,8 +94,9 @@ def test_send_and_status_over_nats_match_the_socket(systems: Systems, nats_serve
     assert body["pid"] == system.pid
     assert {agent["name"]: agent["state"] for agent in body["agents"]} == {"echo": "ready", "upper": "ready"}
     assert body["totals"]["echo"]["runs"] == 3  # two sends over NATS, one over the socket
+    assert body == json.loads(system.cli("status", "--json").stdout)
     human = remote.run("status")
-    assert human.returncode == 0 and "system remote1" in human.stdout, human.stderr
+    assert human.returncode == 0 and human.stdout == system.cli("status").stdout, human.stderr
 
     # The same errors and exit codes as over the socket.
     unknown = remote.run("send", "nobody", "x")
@@ -98,6 +104,12 @@ def test_send_and_status_over_nats_match_the_socket(systems: Systems, nats_serve
     history = remote.run("history", "echo", "--json")
     assert history.returncode == 0, history.stderr
     assert [run["prompt"] for run in json.loads(history.stdout)["runs"]] == ["hello", "hi", "hi"]
+
+    # A request is at most the NATS server's max_payload (1 MiB here): refused by the client, in one line.
+    big = subprocess.run(
+        remote.args("send", "echo", "-"), input="x" * 1_100_000, capture_output=True, text=True, env=remote.env
+    )
+    assert "request too large" in one_line_error(big)
 
     missing = Remote(nats_server.url, "nosuchsystem").run("status")
     assert "no system 'nosuchsystem' answers" in one_line_error(missing)
@@ -108,14 +120,7 @@ def test_send_and_status_over_nats_match_the_socket(systems: Systems, nats_serve
 def test_watch_and_stop_over_nats(systems: Systems, nats_server: NatsServer) -> None:
     system = systems.start(config("remote2", f"{{url: '{nats_server.url}'}}"))
     remote = Remote(nats_server.url, "remote2")
-    watch = subprocess.Popen(
-        remote.args("watch", "--json"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=remote.env,
-        stdin=subprocess.DEVNULL,
-    )
+    watch = remote.popen("watch", "--json")
     try:
         assert watch.stdout is not None
         first = json.loads(watch.stdout.readline())
@@ -146,18 +151,11 @@ def test_a_vanished_subscriber_is_dropped(systems: Systems, nats_server: NatsSer
     """A `watch` killed with SIGKILL leaves no subscription behind: the supervisor's probe finds it gone."""
     system = systems.start(config("remote3", f"{{url: '{nats_server.url}'}}"))
     remote = Remote(nats_server.url, "remote3")
-    watch = subprocess.Popen(
-        remote.args("watch", "--json"),
-        stdout=subprocess.PIPE,
-        env=remote.env,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    watch = remote.popen("watch", "--json")
     assert watch.stdout is not None
     assert json.loads(watch.stdout.readline())["event"] == "subscribed"
     watch.send_signal(signal.SIGKILL)
     watch.wait()
-    system.request({"t": "ping"})
     deadline = time.monotonic() + 60
     # `logs` would not do: the supervisor's log says it (the probe runs every few seconds).
     while "dropping a NATS subscriber (gone)" not in system.log_text():
@@ -328,3 +326,17 @@ def test_nats_permissions_decide_who_may_control(systems: Systems, tmp_path: Pat
         guest = Remote(server.url, "perm", {"NATS_PASSWORD": "guest-pass"}).run("status", "--nats-user", "guest")
         line = one_line_error(guest)
         assert server.url in line and 'permissions violation for publish to "llmling.perm.control"' in line.lower()
+
+
+def test_the_control_comes_back_after_a_nats_restart(systems: Systems, tmp_path: Path) -> None:
+    """The supervisor reconnects and subscribes again: remote clients are served once NATS is back."""
+    with NatsServer(tmp_path / "nats") as server:
+        systems.start(config("comeback", f"{{url: '{server.url}'}}"))
+        remote = Remote(server.url, "comeback")
+        assert remote.run("status").returncode == 0
+        server.restart(kill=True)
+        deadline = time.monotonic() + 60
+        while (sent := remote.run("send", "echo", "again")).returncode != 0:
+            assert time.monotonic() < deadline, sent.stderr
+            assert "Traceback" not in sent.stderr
+        assert sent.stdout.strip() == "echo: again"
