@@ -106,10 +106,10 @@ class NatsClient(FrameClient):
         self._local: list[Message] = []
         try:
             connecting = connect(target.options, reconnect=False, on_error=self._on_error)
-            self._nats: Nats = self._loop.run_until_complete(connecting)
+            self._nats: Nats = self._run(connecting)
             self._inbox = self._nats.new_inbox()
-            self._subscription = self._loop.run_until_complete(self._nats.subscribe(self._inbox))
-            self._loop.run_until_complete(self._ping())
+            self._subscription = self._run(self._nats.subscribe(self._inbox))
+            self._run(self._ping())
         except BaseException:
             self.close()
             raise
@@ -122,21 +122,36 @@ class NatsClient(FrameClient):
     async def _unless_refused(self, waiting: Awaitable[T]) -> T:
         """`waiting`'s result, or NatsRefused as soon as the server reports a refusal."""
         task = asyncio.ensure_future(waiting)
-        await asyncio.wait({task, self._refused}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        try:
+            await asyncio.wait({task, self._refused}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
             raise NatsRefused(self._refused.result())
-        return task.result()
+        finally:  # also when this wait is cancelled (Ctrl+C): nothing is left pending on the loop
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+
+    def _run(self, work: Awaitable[T]) -> T:
+        """Run `work` on the private loop; on Ctrl+C (or any error) it is cancelled and finished first, so the
+        loop holds nothing half-done."""
+        task = asyncio.ensure_future(work, loop=self._loop)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
+            raise
 
     def close(self) -> None:
         if self._loop.is_closed():
             return
         nats = getattr(self, "_nats", None)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, KeyboardInterrupt):
             if nats is not None:
-                self._loop.run_until_complete(asyncio.wait_for(nats.close(), 5.0))
+                self._run(asyncio.wait_for(nats.close(), 5.0))
         self._loop.close()
 
     def send(self, message: Message) -> str:
@@ -147,7 +162,7 @@ class NatsClient(FrameClient):
             error = f"request too large: {len(body)} bytes, the NATS server takes {self._nats.max_payload}"
             self._local.append({"t": "error", "re": message_id, "error": error})
             return message_id
-        self._loop.run_until_complete(self._nats.publish(self.target.control, body, reply=self._inbox))
+        self._run(self._nats.publish(self.target.control, body, reply=self._inbox))
         return message_id
 
     def receive(self) -> Message:
@@ -155,7 +170,7 @@ class NatsClient(FrameClient):
         `timeout` s without one."""
         if self._local:
             return self._local.pop(0)
-        return self._loop.run_until_complete(self._next())
+        return self._run(self._next())
 
     async def _next(self) -> Message:
         from nats.errors import ConnectionClosedError

@@ -108,17 +108,20 @@ class _Outbox(asyncio.Transport):
             peer.connection_lost(None)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.inbox if name == "nats_inbox" else default
+        return default  # no socket: no peer credentials (NATS permissions decide who may ask)
 
 
 class NatsPeer(Peer):
     """One NATS request, as the control handlers see a client: replies go to its inbox; a final reply (any
     type but `chunk`) ends it."""
 
-    __slots__ = ("long_lived", "request_id")
+    __slots__ = ("inbox", "long_lived", "request_id")
 
-    def __init__(self, control: NatsControl, request_id: str, long_lived: bool, max_frame: int) -> None:
+    def __init__(
+        self, control: NatsControl, inbox: str, request_id: str, long_lived: bool, max_frame: int
+    ) -> None:
         super().__init__(_no_message, control._peer_closed, max_frame)
+        self.inbox = inbox
         self.request_id = request_id
         self.long_lived = long_lived
 
@@ -126,11 +129,6 @@ class NatsPeer(Peer):
         super().send(message)
         if message.get("t") != "chunk":
             self.close()
-
-    @property
-    def inbox(self) -> str:
-        transport = self.transport
-        return transport.get_extra_info("nats_inbox") if transport is not None else ""
 
 
 def _no_message(peer: Peer, message: Message) -> None:  # a NatsPeer never reads: requests come as messages
@@ -206,14 +204,18 @@ class NatsControl:
             self.refused["over_cap"] += 1
             self._answer(msg.reply, {"t": "error", "re": request_id, "error": refusal})
             return
-        peer = NatsPeer(self, str(request_id), long_lived, nats.max_payload)
+        peer = NatsPeer(self, msg.reply, str(request_id), long_lived, nats.max_payload)
         outbox = _Outbox(self, msg.reply)
         outbox.peer = peer
         peer.connection_made(outbox)
         self.peers.add(peer)
         if kind == "stop" and isinstance(request_id, str):
             self._stop_waiters.append((msg.reply, request_id))
-        self._control.handle(peer, message)
+        try:
+            self._control.handle(peer, message)
+        except Exception as exc:  # a bug in a handler: this request ends, the others go on
+            _log.opt(exception=exc).error("failed to handle a {!r} request over NATS", kind)
+            peer.send({"t": "error", "re": request_id, "error": f"internal error: {type(exc).__name__}"})
 
     def _answer(self, inbox: str, message: Message) -> None:
         """One frame to `inbox` outside any request (a refusal, `stopped`)."""
@@ -258,10 +260,13 @@ class NatsControl:
                 await asyncio.gather(*(self._probe(peer) for peer in long_lived))
 
     async def _probe(self, peer: NatsPeer) -> None:
+        """Ask `peer`'s inbox whether anyone still reads it; drop the peer when not. Never raises."""
         from nats.errors import ConnectionClosedError, NoRespondersError
+        from nats.errors import Error as NatsError
         from nats.errors import TimeoutError as NatsTimeout
 
-        assert self._nats is not None
+        if self._nats is None or not peer.is_open:
+            return
         try:
             await self._nats.request(peer.inbox, b"", timeout=PROBE_TIMEOUT)
         except NoRespondersError:
@@ -275,6 +280,8 @@ class NatsControl:
             peer.send({"t": "error", "re": peer.request_id, "error": f"dropped: {why}"})
         except (ConnectionClosedError, OSError):
             return  # our side is down: the reconnect decides, not the client
+        except (NatsError, ValueError) as exc:  # anything else of NATS: this probe is skipped, not the loop
+            _log.warning("NATS control: probe of a subscriber failed: {}", type(exc).__name__)
 
     # -- closing ----------------------------------------------------------------------------------------------
     async def close(self) -> None:
