@@ -20,7 +20,6 @@ import asyncio
 import collections
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -33,7 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, System, Workspace, log, summary
+from harness import ROOT, System, Workspace, log, machine, summary
 
 from llmling.ipc.client import Client
 
@@ -162,12 +161,7 @@ def main() -> None:
     finally:
         ws.remove()
     result = {
-        "meta": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "meta": machine(),
         "sigkill_to_ready": restart,
         "webhook_flood": overload,
         "targets": {

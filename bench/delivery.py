@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import struct
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, System, Workspace, log, percentile
+from harness import ROOT, System, Workspace, chain_meta, log, percentile
 
 OUT = ROOT / "bench" / "delivery.json"
 TARGET_BATCH_VS_OFF = 0.70
@@ -83,7 +82,7 @@ class Connection:
         self.writer.close()
 
 
-async def throughput(socket: str, messages: int, clients: int) -> dict[str, Any]:
+async def throughput(socket: str, messages: int, clients: int, agent: str = "a") -> dict[str, Any]:
     connections = [await Connection.open(socket, f"c{i}") for i in range(clients)]
     left = messages
     latencies: list[float] = []
@@ -93,7 +92,7 @@ async def throughput(socket: str, messages: int, clients: int) -> dict[str, Any]
         while left > 0:
             left -= 1
             began = time.perf_counter()
-            await connection.send("a", "x")
+            await connection.send(agent, "x")
             latencies.append((time.perf_counter() - began) * 1000)
 
     began = time.perf_counter()
@@ -170,16 +169,7 @@ def main() -> None:
         ws.remove()
     best = {mode: max(results, key=lambda r: r["msg_per_s"]) for mode, results in rounds.items()}
     out: dict[str, Any] = {
-        "meta": {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "messages": args.messages,
-            "clients": args.clients,
-            "chain": "a >> b >> c (callback agents), send with wait: 3 runs and 2 hops per message",
-        },
+        "meta": chain_meta(load_before, args.messages, args.clients),
         "modes": best,
         "all_rounds_msg_per_s": {mode: [r["msg_per_s"] for r in results] for mode, results in rounds.items()},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import select
 import shutil
 import signal
@@ -48,6 +49,27 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LLMLING_SOCKET"}
     env.update(extra)
     return env
+
+
+def machine() -> dict[str, object]:
+    """The `meta` of a bench's JSON: Python, CPUs, load average and when."""
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def chain_meta(load_before: tuple[float, float, float], messages: int, clients: int) -> dict[str, object]:
+    """The `meta` of a chain bench's JSON: the machine, the load before and after, how many messages."""
+    return {
+        **machine(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "messages": messages,
+        "clients": clients,
+        "chain": "a >> b >> c (callback agents), send with wait: 3 runs and 2 hops per message",
+    }
 
 
 # -- statistics ------------------------------------------------------------------------------------------------

@@ -22,14 +22,19 @@ from llmling.ipc.paths import SOCKET_ENV
 Message = dict[str, Any]
 
 
+# The keys of a `--json` line (and "replica", the process's number, for an agent with several).
+JSON_KEYS = ("agent", "ts", "stream", "level", "text")
+
+
 def line_text(entry: Message) -> str:
-    """`12:00:01.234 analyzer         INFO    text` (stdout/stderr lines show the stream instead of a level);
-    the further lines of a multi-line text are indented."""
+    """`12:00:01.234 analyzer         INFO    text` (stdout/stderr lines show the stream instead of a level;
+    a replica's lines name it: `analyzer#2`); the further lines of a multi-line text are indented."""
     ts = float(entry.get("ts") or 0.0)
     stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
     label = entry.get("level") if entry.get("stream") == "log" else entry.get("stream")
     first, *rest = str(entry.get("text", "")).split("\n")
-    head = f"{stamp} {entry.get('agent', '')!s:<16} {label!s:<7} {first}"
+    who = f"{entry.get('agent', '')}" + (f"#{entry['replica']}" if entry.get("replica") is not None else "")
+    head = f"{stamp} {who:<16} {label!s:<7} {first}"
     return "\n".join([head, *(f"{'':>38}{line}" for line in rest)])
 
 
@@ -43,7 +48,8 @@ def _print(text: str) -> None:
 
 def _show(entry: Message, as_json: bool) -> None:
     if as_json:
-        _print(json.dumps({key: entry.get(key) for key in ("agent", "ts", "stream", "level", "text")}))
+        keys = ("agent", "replica", "ts", "stream", "level", "text") if "replica" in entry else JSON_KEYS
+        _print(json.dumps({key: entry.get(key) for key in keys}))
     else:
         _print(line_text(entry))
 

@@ -101,17 +101,15 @@ def send(agent: str, text: str, name: str | None, socket_: str | None, as_json: 
 @with_system
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
 def status(name: str | None, socket_: str | None, as_json: bool) -> None:
-    """Show the supervisor and one line per agent process."""
+    """Show the supervisor, one line per agent and, for an agent with several, one per process (with its host)."""
     reply = request(name, socket_, {"t": "status"})
     totals = reply.get("totals") or {}
     if as_json:
+        keys = ("name", "pid", "state", "restarts", "queued", "running", "replicas", "placement", "processes")
         out = {
             "name": reply["name"],
             "pid": reply["pid"],
-            "agents": [
-                {key: agent.get(key) for key in ("name", "pid", "state", "restarts", "queued", "running")}
-                for agent in reply["agents"]
-            ],
+            "agents": [{key: agent.get(key) for key in keys} for agent in reply["agents"]],
             # Per agent since the system started: runs, prompt/completion/total tokens, cost (USD or null).
             "totals": totals,
         }
@@ -120,14 +118,27 @@ def status(name: str | None, socket_: str | None, as_json: bool) -> None:
     from llmling.cli.history import cost_text
 
     click.echo(f"system {reply['name']}  supervisor pid {reply['pid']}  socket {reply['socket']}")
-    click.echo(f"{'AGENT':<20} {'PID':>8}  {'STATE':<11} {'RESTARTS':>8} {'RUNS':>6} {'TOKENS':>8} {'COST':>10}")
+    click.echo(
+        f"{'AGENT':<20} {'PID':>8}  {'STATE':<11} {'RESTARTS':>8} {'RUNS':>6} {'TOKENS':>8} {'COST':>10}  HOST"
+    )
     for agent in reply["agents"]:
         pid = agent["pid"] if agent["pid"] is not None else "-"
         used = totals.get(agent["name"]) or {}
+        processes = agent.get("processes") or []
+        host = (
+            processes[0]["host"] if len(processes) == 1 else f"({len(processes)} processes)" if processes else ""
+        )
         click.echo(
             f"{agent['name']:<20} {pid!s:>8}  {agent['state']:<11} {agent['restarts']:>8} "
-            f"{used.get('runs', 0):>6} {used.get('total_tokens', 0):>8} {cost_text(used.get('cost')):>10}"
+            f"{used.get('runs', 0):>6} {used.get('total_tokens', 0):>8} {cost_text(used.get('cost')):>10}  {host}"
         )
+        for number, process in enumerate(processes if len(processes) > 1 else (), 1):
+            label = f"  {agent['name']}#{number}"
+            pid = process["pid"] if process["pid"] is not None else "-"
+            click.echo(
+                f"{label:<20} {pid!s:>8}  {process['state']:<11} {process['restarts']:>8} "
+                f"{'':>6} {'':>8} {'':>10}  {process['host']}"
+            )
     for model in reply.get("models", []):
         click.echo(f"{'model:' + model['name']:<20} {model['pid']!s:>8}  {model['api_base']}")
 

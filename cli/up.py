@@ -34,20 +34,24 @@ class Progress:
         if kind == "component" and not self.up and event.get("component") != "backend":
             self._component(event)
         elif kind == "agent_state":
-            agent, state = event["agent"], event["state"]
+            # A replica's event: its own state and `name#i` (`state` is then the agent's as a whole).
+            name, state = event["agent"], event.get("process_state", event["state"])
+            agent = f"{name}#{event['replica']}" if "replica" in event else name
             if state == "ready":
-                self.ready.add(agent)
+                self.ready.add(name)
                 if not self.up:
                     self._say(f"  {agent:<20} ready (pid {event.get('pid')})  [{len(self.ready)}/{self.total}]")
                     return
             if state == "failed" and not self.up:
                 self._say(f"  {agent:<20} failed: {event.get('error')}", force=True)
                 return
-            if self.up and state in ("restarting", "failed"):
+            if self.up and state in ("restarting", "failed", "unreachable"):
                 extra = f" in {event.get('delay')} s" if state == "restarting" else ""
                 self._say(f"  {agent:<20} {state}{extra}", force=True)
             elif self.up and state == "ready":
-                self._say(f"  {agent:<20} ready again (pid {event.get('pid')})", force=True)
+                # A remote agent's event names its hosts instead of a pid.
+                where = f"on {', '.join(event['hosts'])}" if event.get("hosts") else f"(pid {event.get('pid')})"
+                self._say(f"  {agent:<20} ready again {where}", force=True)
         elif kind == "system_ready":
             self.up = True
             elapsed = time.perf_counter() - self.started

@@ -44,13 +44,16 @@ def describe(event: Message) -> tuple[str, str, str] | None:
     kind = event.get("event")
     agent = str(event.get("agent") or "")
     if kind == "agent_state":
+        # A replica's event names it (`name#i`) and carries its own state in `process_state`.
+        state = event.get("process_state", event.get("state"))
         pid = event.get("pid")
-        extra = f" (pid {pid})" if pid and event.get("state") in ("ready", "starting") else ""
-        if event.get("state") == "failed":
+        extra = f" (pid {pid})" if pid and state in ("ready", "starting") else ""
+        if state == "failed":
             extra = f": {event.get('error')}"
-        elif event.get("state") == "restarting":
+        elif state == "restarting":
             extra = f" in {event.get('delay')} s"
-        return agent, "state", f"{event.get('state')}{extra}"
+        who = f"{agent}#{event['replica']}" if "replica" in event else agent
+        return who, "state", f"{state}{extra}"
     if kind == "trigger_fired":
         detail = ""
         changes = event.get("changes")

@@ -165,12 +165,27 @@ class StatusRequest(TypedDict):
     id: str
 
 
-class AgentStatus(TypedDict):
-    name: str
+class ProcessStatus(TypedDict):
+    """One process of an agent in `status` (a local replica, or one on another host)."""
+
+    host: str  # socket.gethostname() of the machine the process runs on
     pid: int | None
     state: str
     restarts: int
+    running: int
+    queued: int
     error: str | None
+
+
+class AgentStatus(TypedDict):
+    name: str
+    pid: int | None  # its first process
+    state: str
+    restarts: int
+    error: str | None
+    replicas: NotRequired[int]
+    placement: NotRequired[str]
+    processes: NotRequired[list[ProcessStatus]]
 
 
 class StatusAnswer(TypedDict):
@@ -234,19 +249,7 @@ class BackgroundStopRequest(TypedDict):
     agent: str
 
 
-# -- over NATS (agent hosts ↔ supervisor; docs/ARCHITECTURE.md "Across hosts") ---------------------------------
-class ProcessStatus(TypedDict):
-    """One agent process as a status lists it (local or on an agent host)."""
-
-    host: str
-    pid: int | None
-    state: str
-    restarts: int
-    running: int
-    queued: int
-    error: str | None
-
-
+# -- over NATS (agent hosts ↔ supervisor; docs/ARCHITECTURE.md "Across hosts"; `ProcessStatus` above) ------------
 class RemoteReply(TypedDict):
     """A host's answer to a run it took from JetStream, published to `Subjects.result`."""
 

@@ -98,7 +98,8 @@ async def connect(
             await on_error(exc)
         elif connected:
             log.warning("NATS: {}", _describe(exc))
-        elif not last or not _refused(last[0]):  # the server's refusal says more than the reset after it
+        elif not last or not _refused(last[0]):
+            # A refusal says why; the connection reset that may follow it must not hide that.
             last[:] = [exc]
 
     async def noop() -> None:

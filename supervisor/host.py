@@ -31,8 +31,10 @@ from llmling.ipc.jetstream import encode, ensure_run_consumer, ensure_stream, ma
 from llmling.ipc.messages import HostReport, ProcessStatus
 from llmling.ipc.nats_connect import NatsConnectError, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
+from llmling.ipc.peer import Peer
 from llmling.supervisor.host_plan import HostError, host_config, host_name, host_socket, pick_agents
 from llmling.supervisor.notify import SystemdNotifier
+from llmling.supervisor.serve import stop_on_signals
 from llmling.supervisor.spawner import stop_helpers
 from llmling.supervisor.system import Supervisor
 
@@ -41,6 +43,16 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
+
+
+class HostSystem(Supervisor):
+    """The host's local system: a Supervisor that refuses `reload` (its config is a reduced copy; a changed
+    config file reaches a host when it is restarted)."""
+
+    def request_reload(self, peer: Peer | None = None, message: Message | None = None) -> None:
+        self.log.warning("reload refused: an agent host applies a changed config when it is restarted")
+        if peer is not None and message is not None:
+            peer.reply(message, {"t": "error", "error": "an agent host does not reload; restart it"})
 
 
 class AgentHost:
@@ -65,19 +77,19 @@ class AgentHost:
         # A fresh id per host process: the supervisor tells a restarted host from the one it replaces.
         self.host_id = uuid.uuid4().hex
         local = host_config(config, self.agents, self.name)
-        self.system = Supervisor(
+        self.system = HostSystem(
             local, socket=host_socket(config.name, self.name, socket), on_event=on_event, log_level=log_level
         )
         self.log = self.system.log.bind(agent=f"host {self.name}")
         self.nats: Client | None = None
+        # True once the host closes its NATS connection itself (the disconnect that follows is no loss).
+        self.closing = False
         self.serving = HostServing(self)
         self.system.services.append(self.serving)
-        # Set by a second Ctrl+C/SIGTERM: runs in flight are not waited for (nak'ed at once).
-        self.force = asyncio.Event()
 
     def request_stop(self, force: bool = False) -> None:
-        if force:
-            self.force.set()
+        """Begin the stop (see the module's docstring); `force` skips the supervisor's own drain only: runs in
+        flight on this host get up to `shutdown_timeout` either way (then they are nak'ed)."""
         self.system.request_stop(force)
 
     async def connect(self) -> None:
@@ -105,8 +117,8 @@ class AgentHost:
             ) from None
 
     async def _lost(self) -> None:
-        if self.nats is None:
-            return  # the first connect failing (nats-py calls this on its way out): reported by `connect`
+        if self.nats is None or self.closing:
+            return  # the first connect failing, or our own close: nothing to warn about
         self.log.warning("lost NATS; reconnecting (the agents keep running)")
         self.system.emit({"event": "nats", "state": "disconnected", "host": self.name})
 
@@ -126,6 +138,7 @@ class AgentHost:
             return 0
         finally:
             if self.nats is not None:
+                self.closing = True
                 await close_quietly(self.nats)
 
     def report(self, leaving: bool = False) -> HostReport:
@@ -182,15 +195,13 @@ class HostServing:
         assert host.nats is not None
         js = host.nats.jetstream()
         for name, runner in system.slots.items():
-            # One run fetched per free place: each process of the agent serves `concurrency` at once.
-            places = system.config.agents[name].concurrency * host.agents[name]
+            # One run fetched per free place (`concurrency` per process of the agent).
             serving = serve_agent(
                 js,
                 host.subjects,
                 name,
                 runner,
                 host.nats_config.ack_wait,
-                places,
                 host=host.name,
                 grace=system.config.shutdown_timeout,
             )
@@ -242,15 +253,7 @@ async def serve_host(host: AgentHost) -> int:
         host.system.add_listener(notifier.on_event)
         watchdog = asyncio.create_task(notifier.watchdog(), name="sd-watchdog")
     loop = asyncio.get_running_loop()
-    seen = 0
-
-    def on_signal() -> None:
-        nonlocal seen
-        seen += 1
-        host.request_stop(force=seen > 1)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(loop, host.request_stop)
     try:
         return await host.run()
     finally:

@@ -109,14 +109,15 @@ class RotatingFile:
             self._file = None
 
 
-def _entry(agent: str, item: Any) -> Message | None:
-    """A checked line of an agent's `log` frame, or None when it is malformed."""
+def _entry(agent: str, item: Any, replica: int | None = None) -> Message | None:
+    """A checked line of an agent's `log` frame, or None when it is malformed. `replica`: the number of the
+    process among the agent's replicas (only when it has more than one)."""
     if not isinstance(item, dict):
         return None
     ts, stream, level, text = item.get("ts"), item.get("stream"), item.get("level"), item.get("text")
     if not isinstance(ts, int | float) or stream not in STREAMS or not isinstance(text, str):
         return None
-    return {
+    entry = {
         "event": "log",
         "agent": agent,
         "ts": float(ts),
@@ -124,6 +125,9 @@ def _entry(agent: str, item: Any) -> Message | None:
         "level": level if isinstance(level, str) and level in LEVELS else "INFO",
         "text": text,
     }
+    if replica is not None:
+        entry["replica"] = replica
+    return entry
 
 
 class LogService:
@@ -152,8 +156,8 @@ class LogService:
             file.close()
 
     # -- from the agents ------------------------------------------------------------------------------------
-    def on_agent_log(self, agent: str, message: Message) -> None:
-        """A `log` frame of `agent`'s process."""
+    def on_agent_log(self, agent: str, message: Message, replica: int | None = None) -> None:
+        """A `log` frame of `agent`'s process (replica number `replica` of several)."""
         items = message.get("lines")
         dropped = message.get("dropped")
         if isinstance(dropped, int) and dropped > 0:
@@ -164,9 +168,9 @@ class LogService:
         if not isinstance(items, list):
             return
         ring, written = self.rings[agent], []
-        log = logger.bind(agent=agent)
+        log = logger.bind(agent=agent if replica is None else f"{agent}#{replica}")
         for item in items[:FRAME_LINES]:
-            entry = _entry(agent, item)
+            entry = _entry(agent, item, replica)
             if entry is None:
                 self.dropped[agent] += 1
                 continue

@@ -7,6 +7,8 @@ difference is planned (`plan_reload`, pure) and applied (`Reloader.apply`):
 - agents whose own settings changed (model, callback, tools, …: anything but `connections`, `triggers` and
   `background`) restart gracefully: their runs in flight finish, runs waiting for them keep waiting, then a
   fresh process starts from the new config;
+- agents whose only change is `replicas` get processes added, or lose their last ones (after their runs in
+  flight); their other processes keep running;
 - routes made from the config are replaced (routes made in Python stay);
 - a trigger kind whose triggers changed restarts its service; triggers that did not change keep their
   counters and their enabled state;
@@ -49,6 +51,8 @@ class ReloadPlan:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
+    # Agents whose only change is their `replicas` count (processes are added or removed, the others stay).
+    resized: tuple[str, ...] = ()
     # Agents whose `connections` changed (their config routes are replaced).
     routes: tuple[str, ...] = ()
     # Trigger kinds whose set of triggers changed (their service restarts).
@@ -65,6 +69,7 @@ class ReloadPlan:
                 self.added,
                 self.removed,
                 self.changed,
+                self.resized,
                 self.routes,
                 self.trigger_kinds,
                 self.background,
@@ -77,6 +82,7 @@ class ReloadPlan:
             "added": list(self.added),
             "removed": list(self.removed),
             "changed": list(self.changed),
+            "resized": list(self.resized),
             "routes": list(self.routes),
             "triggers": list(self.trigger_kinds),
             "background": list(self.background),
@@ -92,6 +98,7 @@ class ReloadPlan:
                 ("added", self.added),
                 ("removed", self.removed),
                 ("restarted", self.changed),
+                ("replicas of", self.resized),
                 ("routes of", self.routes),
                 ("triggers:", self.trigger_kinds),
                 ("background of", self.background),
@@ -102,8 +109,8 @@ class ReloadPlan:
         return "; ".join(parts)
 
 
-def _own_settings(agent: AgentConfig) -> Message:
-    return agent.model_dump(exclude=set(IN_PLACE_KEYS))
+def _own_settings(agent: AgentConfig, exclude: frozenset[str] = IN_PLACE_KEYS) -> Message:
+    return agent.model_dump(exclude=set(exclude))
 
 
 def _triggers_by_kind(config: SystemConfig) -> dict[str, list[tuple[str, Message]]]:
@@ -126,11 +133,17 @@ def plan_reload(old: SystemConfig, new: SystemConfig) -> ReloadPlan:
             )
     settings = tuple(sorted(key for key in new_top if old_top.get(key) != new_top[key]))
     both = [name for name in new.agents if name in old.agents]
+    differ = [n for n in both if _own_settings(old.agents[n]) != _own_settings(new.agents[n])]
+    count_only = IN_PLACE_KEYS | {"replicas"}
+    resized = [
+        n for n in differ if _own_settings(old.agents[n], count_only) == _own_settings(new.agents[n], count_only)
+    ]
     old_kinds, new_kinds = _triggers_by_kind(old), _triggers_by_kind(new)
     return ReloadPlan(
         added=tuple(name for name in new.agents if name not in old.agents),
         removed=tuple(name for name in old.agents if name not in new.agents),
-        changed=tuple(n for n in both if _own_settings(old.agents[n]) != _own_settings(new.agents[n])),
+        changed=tuple(n for n in differ if n not in resized),
+        resized=tuple(resized),
         routes=tuple(
             sorted(
                 name

@@ -55,6 +55,9 @@ SpawnTask = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
 
 # A host unheard for this many `host_heartbeat`s no longer counts.
 HOST_MISSED = 3
+# Hosts remembered at most, and after how many missed heartbeats a silent one is forgotten.
+MAX_HOSTS = 1000
+HOST_FORGOTTEN = 100
 # Replies nobody waits for (a resumed run not re-submitted yet, a duplicate): kept at most this many, this long.
 UNCLAIMED_MAX = 10_000
 UNCLAIMED_AGE = 600.0
@@ -86,8 +89,11 @@ class NatsLink:
         self._waiting: dict[str, asyncio.Future[RemoteReply]] = {}
         # Replies nobody waited for, oldest first: run id → (loop time received, reply). Bounded by count and age.
         self._unclaimed: OrderedDict[str, tuple[float, RemoteReply]] = OrderedDict()
-        # host_id → (loop time of its last report, the report). A host that says it is leaving is removed.
+        # host_id → (loop time of its last report, the report). A host that says it is leaving is removed, one
+        # silent for HOST_FORGOTTEN heartbeats is forgotten; at most MAX_HOSTS (the oldest report goes first).
         self.hosts: dict[str, tuple[float, HostReport]] = {}
+        # Agents some host has ever reported (then a silent agent is "unreachable", not "starting").
+        self._reported: set[str] = set()
         # Agent → run consumer name, for the advisories (the agent a max-deliveries advisory is about).
         self._consumers: dict[str, str] = {}
         self._closing = False
@@ -191,16 +197,20 @@ class NatsLink:
         from nats.errors import Error as NatsError
 
         assert self.js is not None
-        sub = await self.js.pull_subscribe_bind(self.subjects.results_consumer, stream=self.subjects.stream)
+        sub = None
         while not self._closing:
             try:
+                if sub is None:
+                    sub = await self.js.pull_subscribe_bind(
+                        self.subjects.results_consumer, stream=self.subjects.stream
+                    )
                 messages = await sub.fetch(RESULTS_BATCH, timeout=FETCH_WAIT)
             except asyncio.CancelledError:
                 raise
             except (NatsError, TimeoutError) as exc:
                 if not isinstance(exc, TimeoutError) and not self._closing:
-                    self.log.debug("fetching replies: {}", exc)
-                    await asyncio.sleep(RETRY_WAIT)
+                    self.log.debug("reading replies: {}", exc)
+                    await asyncio.sleep(RETRY_WAIT)  # NATS is away: nats-py reconnects meanwhile
                 continue
             for msg in messages:
                 await self._on_reply(msg)
@@ -224,10 +234,15 @@ class NatsLink:
         except FrameError as exc:
             self.log.warning("ignoring a host report: {}", exc)
             return
-        if report["leaving"]:
-            self.hosts.pop(report["host_id"], None)
-        else:
-            self.hosts[report["host_id"]] = (asyncio.get_running_loop().time(), report)
+        now = asyncio.get_running_loop().time()
+        self._reported.update(report["agents"])
+        self.hosts.pop(report["host_id"], None)
+        if not report["leaving"]:
+            self.hosts[report["host_id"]] = (now, report)  # last in the dict: the most recent
+        horizon = now - HOST_FORGOTTEN * self.config.host_heartbeat
+        for host_id, (heard, _) in list(self.hosts.items()):
+            if heard < horizon or len(self.hosts) > MAX_HOSTS:
+                del self.hosts[host_id]
 
     def processes(self, agent: str) -> list[ProcessStatus]:
         """`agent`'s processes on the hosts heard from within HOST_MISSED heartbeats (none while disconnected)."""
@@ -242,7 +257,7 @@ class NatsLink:
         ]
 
     def ever_reported(self, agent: str) -> bool:
-        return any(agent in report["agents"] for _, report in self.hosts.values())
+        return agent in self._reported
 
     def _on_advisory_for(self, agent: str) -> Callable[[Msg], Coroutine[Any, Any, None]]:
         async def on_advisory(msg: Msg) -> None:
@@ -462,19 +477,20 @@ class RemoteAgent:
         state = self.state
         if state != self._reported:
             self._reported = state
-            self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": None})
+            hosts = sorted({process["host"] for process in self.link.processes(self.name)})
+            self._on_event(
+                {"event": "agent_state", "agent": self.name, "state": state, "pid": None, "hosts": hosts}
+            )
 
     async def restart(self, grace: float) -> None:
         """Nothing to restart here: the hosts own the processes (`llmling host` restarts them)."""
         self.log.info("restart of a remote agent: its hosts own its processes; nothing restarted")
 
     async def drain(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        """Wait up to `timeout` until no run of this agent waits for its reply; True when none does."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
 
     async def stop(self, grace: float) -> None:
         self._stopped.set()

@@ -35,7 +35,9 @@ Message = dict[str, Any]
 FETCH_WAIT = 2.0
 # Seconds between two tries when the server is unreachable or the runner is not ready.
 IDLE_WAIT = 0.2
-# Seconds before a nak'ed run (its process died or is not available) is offered again.
+# Seconds before a run is offered again when this host cannot run it (agent unavailable, reply not published).
+# A run whose process died (kind "crash") is nak'ed without a delay: JetStream then gives it to the next free
+# place before any new run (a delayed one would queue behind them while other places take new runs).
 NAK_DELAY = 0.5
 # Chunks of one run buffered towards NATS at most (older ones are dropped: chunks are best effort).
 CHUNK_BUFFER = 1024
@@ -104,7 +106,10 @@ async def _fetch_one(sub: Any, runner: AgentRunner, log: Any) -> list[Msg]:
     from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeout
 
-    if runner.state != "ready":
+    # A replica set knows its places that would start a run at once: none while a replica restarts (its share
+    # of the runs stays in the queue for other hosts instead of waiting here).
+    free = getattr(runner, "free_places", None)
+    if runner.state != "ready" or free == 0:
         await asyncio.sleep(IDLE_WAIT)
         return []
     try:
@@ -149,7 +154,7 @@ async def _handle(
         except AgentRunError as exc:
             if exc.kind in REDELIVERED_KINDS:
                 log.warning("run {} attempt {} not run here ({}): {}", run_id, frame["attempt"], exc.kind, exc)
-                await msg.nak(delay=NAK_DELAY)
+                await msg.nak(delay=None if exc.kind == "crash" else NAK_DELAY)
                 return
             error: ErrorFrame = {"t": "error", "re": run_id, **exc.reply_fields()}  # type: ignore[typeddict-item]
             reply = {"id": run_id, "attempt": frame["attempt"], "host": host, "pid": _pid(runner), "reply": error}

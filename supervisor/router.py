@@ -26,7 +26,7 @@ from llmling.ipc.peer import OnChunk, new_id
 from llmling.names import unknown
 from llmling.supervisor.conditions import Predicate, Transform
 from llmling.supervisor.journal import Journal, JournalError, Unit
-from llmling.supervisor.slot import AgentSlot
+from llmling.supervisor.runner import AgentRunner
 
 Message = dict[str, Any]
 OnEvent = Callable[[Message], None]
@@ -77,7 +77,7 @@ class Trace:
 class Router:
     def __init__(
         self,
-        slots: dict[str, AgentSlot],
+        slots: dict[str, AgentRunner],
         max_hops: int,
         spawn_task: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         on_event: OnEvent,
@@ -101,7 +101,7 @@ class Router:
         self.closing = False
 
     # -- routes ---------------------------------------------------------------------------------------------
-    def slot(self, agent: str) -> AgentSlot:
+    def slot(self, agent: str) -> AgentRunner:
         slot = self._slots.get(agent)
         if slot is None:
             raise UnknownAgentError(unknown("agent", agent, self._slots))
@@ -244,7 +244,7 @@ class Router:
             self._traces.pop(trace.id, None)
 
     async def _deliver(
-        self, slot: AgentSlot, unit: Unit, trace: Trace, on_chunk: OnChunk | None, admitted: bool = False
+        self, slot: AgentRunner, unit: Unit, trace: Trace, on_chunk: OnChunk | None, admitted: bool = False
     ) -> Message:
         """Run `unit` until it has an outcome: its result (returned), or a dead letter (AgentRunError).
 

@@ -52,15 +52,7 @@ async def serve(
         # Owned here and ended below: it pings only while this loop runs, from start-up to the end.
         watchdog = asyncio.create_task(notifier.watchdog(), name="sd-watchdog")
     loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        supervisor.request_stop(force=signals_seen > 1)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(loop, supervisor.request_stop)
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
     watcher: asyncio.Task[None] | None = None
     loaded = _mtime(config.source) if watch_config and config.source is not None else None
@@ -83,6 +75,20 @@ async def serve(
                 await asyncio.wait({task})
         if notifier is not None:
             notifier.close()
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[bool], None]) -> None:
+    """SIGINT/SIGTERM only request: the first a graceful stop, a second one `force` (the caller removes the
+    handlers when it ends)."""
+    seen = 0
+
+    def on_signal() -> None:
+        nonlocal seen
+        seen += 1
+        request_stop(seen > 1)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
 
 
 # Milliseconds without a further change before a saved config is reloaded (an editor writes in bursts).

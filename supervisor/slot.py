@@ -99,13 +99,17 @@ class AgentSlot:
         spawner: Spawner,
         on_event: OnEvent,
         policy: SlotPolicy | None = None,
+        replica: int | None = None,
     ) -> None:
         self.name = name
         self.policy = policy = policy or SlotPolicy()
         self._make_spec = make_spec
         self._spawner = spawner
         self._on_event = on_event
+        self.replica: int | None = None
+        self.label = name
         self.log = logger.bind(agent=name)
+        self.number(replica)
         self.state = "stopped"
         self.pid: int | None = None
         self.restarts = 0
@@ -160,6 +164,25 @@ class AgentSlot:
                 if not waiter.done():
                     waiter.set_result(state)
         self._on_event({"event": "agent_state", "agent": self.name, "state": state, "pid": self.pid, **extra})
+
+    def number(self, replica: int | None) -> None:
+        """This process's number among its agent's replicas (1-based; None: the agent's only process). Its
+        logs are labelled `name#replica`."""
+        self.replica = replica
+        self.label = self.name if replica is None else f"{self.name}#{replica}"
+        self.log = logger.bind(agent=self.label)
+
+    @property
+    def available(self) -> bool:
+        """False while the slot refuses runs: stopping, given up, or its last start failed."""
+        return not self._stopping and not self.gave_up and self.state != "failed"
+
+    @property
+    def takes_runs(self) -> bool:
+        """True while a READY process takes new runs: not during a graceful restart, nor once its connection
+        closed (the process is ending)."""
+        peer = self.peer
+        return self._ready.is_set() and peer is not None and peer.is_open
 
     def status(self) -> Message:
         return {
@@ -336,7 +359,7 @@ class AgentSlot:
         # Accepted runs beyond the `concurrency` places: those that will have to wait for one.
         waiting = max(0, self.queued + self.admitted + self.running - self.policy.concurrency)
         if waiting >= self.policy.max_queue:
-            raise AgentBusyError(self.name, waiting, self._retry_after())
+            raise AgentBusyError(self.name, waiting, self.retry_after())
 
     def admit(self) -> None:
         """Count one more accepted run towards `max_queue` until it enters `submit(admitted=True)` or is
@@ -348,7 +371,7 @@ class AgentSlot:
         """An admitted run that will not reach `submit` (its acceptance failed)."""
         self.admitted -= 1
 
-    def _retry_after(self) -> int:
+    def retry_after(self) -> int:
         """Whole seconds until a place is likely free: one average run shared by the places."""
         return max(1, min(RETRY_AFTER_MAX, math.ceil(self._run_seconds / self.policy.concurrency)))
 

@@ -38,6 +38,7 @@ from llmling.supervisor.nats_control import NatsControl
 from llmling.supervisor.observers import add_observers
 from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
 from llmling.supervisor.remote import HybridAgent, NatsLink, RemoteAgent
+from llmling.supervisor.replicas import AgentReplicas
 from llmling.supervisor.restarts import RestartRequests
 from llmling.supervisor.router import Route, Router
 from llmling.supervisor.routes import route_from_config
@@ -82,7 +83,10 @@ class Supervisor:
         # With `transport.nats`: the NATS connection of the agents placed `remote`/`any` (connected in `_run`).
         nats = config.transport.nats
         self.nats = NatsLink(nats, config.base_dir, config.name, self.emit) if nats is not None else None
-        self.slots = {name: self._new_runner(name) for name in config.agents}
+        # Each agent's runner: its local processes (`replicas: N`), its hosts over NATS, or both.
+        self.slots: dict[str, AgentRunner] = {name: self._new_runner(name) for name in config.agents}
+        # Invariant: the agent processes this system counts in `fd_budget().agents` while it runs.
+        self._budgeted = 0
         # The journal of accepted units (durability sync/batch): written before a unit is acknowledged or
         # forwarded, read back by the next start. Opened in `_run` (a journal that cannot open fails the start).
         self.journal = (
@@ -200,14 +204,21 @@ class Supervisor:
         retry = self.config.agents[name].retry
         return max_deliveries(retry.max_attempts, "crash" in retry.on)
 
-    def _new_slot(self, name: str) -> AgentSlot:
-        return AgentSlot(
+    def _new_slot(self, name: str) -> AgentRunner:
+        agent = self.config.agents[name]
+        return AgentReplicas(
             name,
             self._spec_maker(name),
             self._spawner,
             self.emit,
-            SlotPolicy.from_config(self.config, self.config.agents[name]),
+            SlotPolicy.from_config(self.config, agent),
+            replicas=agent.replicas,
         )
+
+    def _budget(self, processes: int) -> None:
+        """Keep descriptors free for `processes` more (or fewer) agent processes."""
+        fd_budget().agents += processes
+        self._budgeted += processes
 
     @staticmethod
     def _config_routes(config: SystemConfig, agents: set[str]) -> list[Route]:
@@ -245,12 +256,14 @@ class Supervisor:
     def _on_message(self, peer: Peer, message: Message) -> None:
         slot = peer.info
         if isinstance(slot, AgentSlot) and message.get("t") == "log":
-            self.logs.on_agent_log(slot.name, message)
+            self.logs.on_agent_log(slot.name, message, slot.replica)
         elif isinstance(slot, AgentSlot):
             slot.on_agent_message(peer, message)
         elif message.get("t") == "hello" and message.get("role") == "agent":
-            slot = self.slots.get(str(message.get("agent")))
-            if slot is not None and slot.authenticate(peer, str(message.get("token", ""))):
+            # Each local process has its own token: the replica that presents it gets the connection.
+            runner = self.slots.get(str(message.get("agent")))
+            token = str(message.get("token", ""))
+            if isinstance(runner, AgentReplicas | AgentSlot | HybridAgent) and runner.authenticate(peer, token):
                 self._server.trust(peer)
                 peer.reply(message, {"t": "ok"})
             else:
@@ -293,7 +306,7 @@ class Supervisor:
             routes = self._config_routes(new, touched)
         except StartupError as exc:
             raise ReloadError(f"{exc}; nothing was changed") from None
-        self.config = new
+        old, self.config = self.config, new
         self.router.max_hops = new.max_hops
         drain = new.shutdown_timeout
         self.background.stop_jobs(plan.background)
@@ -305,18 +318,29 @@ class Supervisor:
             await slot.drain(drain)
             await slot.stop(AGENT_GRACE)
             del self.slots[name]
-            fd_budget().agents -= 1
+            self._budget(-old.agents[name].replicas)
         for name in plan.added:
             slot = self.slots[name] = self._new_runner(name)
             if self.nats is not None and new.agents[name].placement != "local":
                 await self.nats.add_agent(name, self._max_deliver(name))
-            fd_budget().agents += 1
+            self._budget(new.agents[name].replicas)
             self.router.add_agent(name)
             self._group.create_task(slot.run(), name=f"slot-{name}")
-        await asyncio.gather(*(self.slots[name].restart(drain) for name in plan.changed))
+        await asyncio.gather(*(self._apply_agent(name, old, drain) for name in plan.changed + plan.resized))
         self.router.replace_config_routes(touched, routes)
         await self.triggers.start_kinds(new, plan.trigger_kinds)
         self.background.start_jobs(new, plan.background)
+
+    async def _apply_agent(self, name: str, old: SystemConfig, drain: float) -> None:
+        """A changed agent: a new `replicas` count adds or removes processes (the others keep running); any
+        other changed setting restarts every process gracefully."""
+        runner, before, after = self.slots[name], old.agents[name], self.config.agents[name]
+        if isinstance(runner, AgentReplicas) and before.replicas != after.replicas:
+            self._budget(after.replicas - before.replicas)
+            await runner.resize(after.replicas, drain)
+            if before.model_copy(update={"replicas": after.replicas}) == after:
+                return  # only the count changed
+        await runner.restart(drain)
 
     def status(self) -> Message:
         return {
@@ -386,7 +410,8 @@ class Supervisor:
                 await self._server.close()
                 self._spawner.close()
                 return
-        fd_budget().agents += len(self.slots)  # descriptors kept free for spawning and serving our agents
+        # Descriptors kept free for spawning and serving our agents' processes.
+        self._budget(sum(agent.replicas for agent in self.config.agents.values()))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -421,7 +446,7 @@ class Supervisor:
                 await self._stop_requested.wait()
                 await self._shutdown(drain=not self._force.is_set())
         finally:
-            fd_budget().agents -= len(self.slots)
+            self._budget(-self._budgeted)
             self._group = None
             if self.journal is not None:
                 self.journal.abandon()  # only when the shutdown could not close it (the group failed)

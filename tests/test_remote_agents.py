@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,12 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
 from llmling.config import load_config
+from llmling.ipc.frames import FrameError, FrameTooLarge
 from llmling.ipc.jetstream import decode, encode, result_msg_id
-from llmling.ipc.nats_connect import NatsConnectError, NatsOptions, connect, options_from_config
+from llmling.ipc.nats_connect import MAX_PAYLOAD, NatsConnectError, NatsOptions, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.testing import NatsServer, SystemProcess
+from tests import test_across_hosts
 from tests._automation import wait_until
 from tests._hosts import Hosts
 from tests.conftest import Systems
@@ -30,20 +31,9 @@ from tests.test_delivery import query
 
 SYSTEM = "system"  # the name tests.test_delivery.query finds the history of
 SUBJECTS = Subjects("llmling", SYSTEM)
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    factory = Hosts()
-    yield factory
-    problems = factory.close()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    with NatsServer(tmp_path / "nats") as server:
-        yield server
+# The fixtures of the across-hosts tests: `hosts` (llmling host processes, checked for leftovers) and `nats`.
+hosts = test_across_hosts.hosts
+nats = test_across_hosts.nats
 
 
 def config(url: str, agents: str, nats_extra: str = "") -> str:
@@ -204,6 +194,14 @@ def test_status_is_unreachable_while_nats_is_away_and_local_agents_keep_working(
     answer = sender.join()
     assert answer["t"] == "result" and answer["content"] == f"{pid}: patient", answer
     wait_until(lambda: state_is(system, "b", "ready"), timeout=30, what="b ready again")
+    # `up` tells the operator both changes, naming the host.
+    wait_until(lambda: "ready again on h1" in system.log_text(), timeout=30, what="the ready line")
+    assert "unreachable" in system.log_text()
+    # The transport cannot change in a reload: refused, naming the key; b is still served.
+    system.config.write_text(system.config.read_text().replace("ack_wait: 1", "ack_wait: 2"))
+    refused = system.cli("reload")
+    assert refused.returncode == 1 and "'transport' changed" in refused.stderr, refused.stderr
+    assert send(system, "b", "still")["content"] == f"{pid}: still"
 
 
 def test_placement_any_runs_locally_while_a_place_is_free_then_on_a_host(
@@ -294,3 +292,13 @@ class SendInThread:
             raise self.error
         assert self.answer is not None, "send did not answer"
         return self.answer
+
+
+def test_the_codec_keeps_the_size_rule_and_refuses_what_is_not_an_object() -> None:
+    message = {"t": "run", "id": "r1", "prompt": "é" * 10}
+    assert decode(encode(message)) == message
+    with pytest.raises(FrameTooLarge):
+        encode({"t": "run", "prompt": "x" * MAX_PAYLOAD})
+    for bad in (b"[1]", b"{", b"\xff", b'{"id": 5}', b"x" * (MAX_PAYLOAD + 1)):
+        with pytest.raises(FrameError):
+            decode(bad)

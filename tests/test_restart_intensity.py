@@ -181,7 +181,7 @@ async def test_a_restart_lets_runs_in_flight_finish_and_queued_runs_go_to_the_fr
         in_flight = asyncio.create_task(worker.run("first"))
         await until(lambda: slot.running == 1)
         restart = asyncio.create_task(slot.restart(grace=30.0))
-        await until(lambda: not slot._ready.is_set())
+        await until(lambda: not slot.takes_runs)
         queued = asyncio.create_task(worker.run("second"))
         assert (await in_flight).content == str(old)  # finished on the old process
         await restart
