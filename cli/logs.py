@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from llmling.cli.complete import agent_names
-from llmling.cli.target import connect
+from llmling.cli.target import connect, with_nats
 from llmling.ipc.paths import SOCKET_ENV
 
 Message = dict[str, Any]
@@ -63,6 +63,7 @@ def _show(entry: Message, as_json: bool) -> None:
 @click.option("--socket", "socket_", envvar=SOCKET_ENV, help="control socket path")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="read this config's log files directly")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="read the log files in this folder directly")
+@with_nats
 def logs(
     agent: str | None,
     follow: bool,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from llmling.cli.target import nats_flags
 from llmling.ipc.paths import SOCKET_ENV, is_live, runtime_dir, socket_path
 from llmling.names import unknown
 
@@ -24,7 +25,9 @@ MAX_LIMIT = 1000
 
 
 def system_running(name: str | None, socket_: str | None) -> bool:
-    """Whether the client commands would find a running system (a live socket)."""
+    """Whether the client commands would find a running system (a live socket; with `--nats`: assumed)."""
+    if nats_flags() is not None:
+        return True
     if socket_ or name or os.environ.get(SOCKET_ENV):
         return is_live(socket_path(name or "", socket_))
     directory = runtime_dir()

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from llmling.cli.complete import agent_names
-from llmling.ipc.client import Client, NotRunning
+from llmling.cli.target import connect_nats, nats_flags, with_nats
+from llmling.ipc.client import Client, FrameClient, NotRunning
 from llmling.ipc.paths import SOCKET_ENV, is_live, socket_path
 
 if TYPE_CHECKING:
@@ -234,12 +235,8 @@ def target_socket(config: str | None, name: str | None, socket_: str | None) -> 
     return None
 
 
-def attach(path: Path, printer: Printer, agents: list[str]) -> int:
+def attach(client: FrameClient, printer: Printer, agents: list[str]) -> int:
     """Print the system's events until it stops (0) or Ctrl+C (detach, 0)."""
-    try:
-        client = Client(path)
-    except NotRunning as exc:
-        raise click.ClickException(str(exc)) from None
     request: Message = {"t": "subscribe"}
     if agents:
         request["agents"] = agents
@@ -299,6 +296,7 @@ def start(config: str, socket_: str | None, printer: Printer, log_level: str, ag
     help="only events of this agent (repeatable)",
 )
 @click.option("--log-level", default="WARNING", show_default=True, help="log level when this starts the system")
+@with_nats
 def watch(
     config_arg: str | None,
     config_opt: str | None,
@@ -318,13 +316,21 @@ def watch(
         raise click.UsageError("give the config once (CONFIG or --config)")
     config = config_arg or config_opt
     printer = Printer(as_json)
+    flags = nats_flags()
+    if flags is not None:  # a system on another host: attach only
+        remote = name or (_yaml_name(Path(config)) if config else None)
+        sys.exit(attach(connect_nats(remote, flags), printer, list(agents)))
     path = target_socket(config, name, socket_)
     if path is None and config is None:
         from llmling.cli.target import resolve
 
         path = resolve(None, None)
     if path is not None and is_live(path):
-        sys.exit(attach(path, printer, list(agents)))
+        try:
+            client = Client(path)
+        except NotRunning as exc:
+            raise click.ClickException(str(exc)) from None
+        sys.exit(attach(client, printer, list(agents)))
     if config is None:
         raise click.ClickException(f"no system is running on {path}; give a CONFIG to start one")
     sys.exit(start(config, socket_, printer, log_level, list(agents)))

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from llmling.ipc.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, FrameError, Message, encode
 
@@ -14,7 +15,42 @@ class NotRunning(ConnectionError):
     """No server listens on the socket path."""
 
 
-class Client:
+class FrameClient:
+    """What every blocking client of the control protocol offers (over the socket: `Client`; over NATS:
+    `llmling.cli.nats_client.NatsClient`): `send` a request, `receive` the frames answering it, `close`."""
+
+    def send(self, message: Message) -> str:
+        raise NotImplementedError
+
+    def receive(self) -> Message:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stream(self, message: Message) -> Iterator[Message]:
+        """Send a request and yield every frame that answers it, the final reply last."""
+        message_id = self.send(message)
+        while True:
+            reply = self.receive()
+            if reply.get("re") not in (message_id, None):
+                continue
+            yield reply
+            if reply.get("t") != "chunk":
+                return
+
+    def request(self, message: Message) -> Message:
+        *_, reply = self.stream(message)
+        return reply
+
+
+class Client(FrameClient):
     """One connection to a control socket. Requests are answered in order; chunks come before the reply."""
 
     def __init__(self, path: Path, timeout: float | None = None) -> None:
@@ -29,12 +65,6 @@ class Client:
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
         self._queue: list[Message] = []
         self._ids = 0
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._sock.close()
@@ -57,20 +87,5 @@ class Client:
                 raise ConnectionError(f"the server sent an invalid frame: {exc}") from None
         return self._queue.pop(0)
 
-    def stream(self, message: Message) -> Iterator[Message]:
-        """Send a request and yield every frame that answers it, the final reply last."""
-        message_id = self.send(message)
-        while True:
-            reply = self.receive()
-            if reply.get("re") not in (message_id, None):
-                continue
-            yield reply
-            if reply.get("t") != "chunk":
-                return
 
-    def request(self, message: Message) -> Message:
-        *_, reply = self.stream(message)
-        return reply
-
-
-__all__ = ["HEADER", "Client", "NotRunning"]
+__all__ = ["HEADER", "Client", "FrameClient", "NotRunning"]

@@ -87,6 +87,11 @@ def encode(message: Message) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def encode_body(message: Message) -> bytes:
+    """A frame's body without its length header (a NATS message carries one frame)."""
+    return _body(message)
+
+
 def _check_envelope(message: Any) -> Message:
     """A frame is a JSON object whose `t`, `id` and `re`, when present, are strings: they are used as dictionary
     keys, so an unhashable one must not get past the decoder."""
@@ -96,6 +101,18 @@ def _check_envelope(message: Any) -> Message:
         if key in message and not isinstance(message[key], str):
             raise FrameError(f"field {key!r} must be a string")
     return message
+
+
+def decode(body: bytes | bytearray) -> Message:
+    """One frame's body (without its length header; e.g. a NATS message): raises FrameError when it is not a
+    JSON object with string `t`/`id`/`re`."""
+    try:
+        message = _decode(body.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FrameError(f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("frame is not valid JSON: nested too deeply") from None
+    return _check_envelope(message)
 
 
 class FrameDecoder:
@@ -124,13 +141,7 @@ class FrameDecoder:
             end = offset + HEADER.size + length
             if end > size:
                 break
-            try:
-                message = _decode(buffer[offset + HEADER.size : end].decode())
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise FrameError(f"frame is not valid JSON: {exc}") from None
-            except RecursionError:
-                raise FrameError("frame is not valid JSON: nested too deeply") from None
-            messages.append(_check_envelope(message))
+            messages.append(decode(buffer[offset + HEADER.size : end]))
             offset = end
         if offset:
             del buffer[:offset]

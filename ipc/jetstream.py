@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from llmling.ipc.frames import FrameError, FrameTooLarge, _body, _check_envelope, _decode
+from llmling.ipc.frames import FrameError, FrameTooLarge, _body
+from llmling.ipc.frames import decode as decode_body
 from llmling.ipc.nats_connect import MAX_PAYLOAD
 from llmling.ipc.nats_subjects import Subjects
 
@@ -41,13 +42,7 @@ def decode(data: bytes) -> Message:
     """A JSON object (same envelope checks as the socket's frames); FrameError otherwise."""
     if len(data) > MAX_PAYLOAD:
         raise FrameError(f"message of {len(data)} bytes exceeds the limit of {MAX_PAYLOAD}")
-    try:
-        value = _decode(data.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FrameError(f"message is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise FrameError("message is not valid JSON: nested too deeply") from None
-    return _check_envelope(value)
+    return decode_body(data)
 
 
 def run_msg_id(run_id: str, attempt: int) -> dict[str, str]:

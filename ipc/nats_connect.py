@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
@@ -77,10 +78,12 @@ async def connect(
     reconnect: bool = True,
     on_disconnect: OnEvent | None = None,
     on_reconnect: OnEvent | None = None,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect (raises NatsConnectError naming the URL after `connect_timeout` + 1 s at most); with `reconnect`,
     later losses of the server are retried forever every ~RECONNECT_WAIT s, with `on_disconnect`/
-    `on_reconnect` called meanwhile; without it, a lost connection stays closed."""
+    `on_reconnect` called meanwhile; without it, a lost connection stays closed. Errors the server reports
+    once connected (e.g. a permissions violation) are logged as one line, or given to `on_error`."""
     from nats.aio.client import Client
     from nats.errors import Error as NatsError
     from nats.errors import NoServersError
@@ -91,9 +94,11 @@ async def connect(
     connected = False
 
     async def error_cb(exc: Exception) -> None:
-        if connected:
+        if connected and on_error is not None:
+            await on_error(exc)
+        elif connected:
             log.warning("NATS: {}", _describe(exc))
-        elif not last or "authorization violation" not in str(last[0]).lower():
+        elif not last or not _refused(last[0]):
             # A refusal says why; the connection reset that may follow it must not hide that.
             last[:] = [exc]
 
@@ -103,7 +108,8 @@ async def connect(
     try:
         tls = options.tls_context()
     except (OSError, ssl.SSLError) as exc:
-        raise NatsConnectError(f"NATS TLS files: {exc}") from None
+        files = ", ".join(f for f in (options.tls_ca_file, options.tls_cert_file, options.tls_key_file) if f)
+        raise NatsConnectError(f"NATS TLS files ({files}): {getattr(exc, 'strerror', None) or exc}") from None
     client = Client()
     try:
         # nats-py keeps trying a refused server inside `connect`; the deadline ends the first attempt.
@@ -137,9 +143,24 @@ async def connect(
     return client
 
 
+def _refused(exc: BaseException) -> bool:
+    return "authorization violation" in str(exc).lower()
+
+
+class _QuietTlsClose(logging.Filter):
+    """Drops asyncio's warning about a TLS connection the server closed (nats-py's protocol asks to keep it
+    half-open, which TLS cannot): one per closed TLS connection, and nothing is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().removeprefix("nats: ").strip("'\"") or type(exc).__name__
-    if "authorization violation" in text.lower():
+    if _refused(exc):
         return (
             "authorization violation (the server wants credentials: creds_file, nkey_seed_file, "
             "user + password, or a token)"

@@ -34,6 +34,7 @@ from llmling.supervisor.history import HistoryService
 from llmling.supervisor.journal import Journal, journal_path
 from llmling.supervisor.logs import LogService
 from llmling.supervisor.model_service import ModelService
+from llmling.supervisor.nats_control import NatsControl
 from llmling.supervisor.observers import add_observers
 from llmling.supervisor.reload import Reloader, ReloadError, ReloadPlan
 from llmling.supervisor.remote import HybridAgent, NatsLink, RemoteAgent
@@ -139,6 +140,9 @@ class Supervisor:
         self.control.register("reload", lambda peer, message: self.request_reload(peer, message))
         # Prometheus `/metrics` (`metrics:`) and OpenTelemetry spans (`telemetry:`), when configured.
         add_observers(self)
+        # With `transport.nats`: the same control requests from remote clients, over `self.nats`'s connection
+        # (served from its start in `_run` until just before it closes).
+        self.nats_control = NatsControl(self.control, self.nats.subjects) if self.nats is not None else None
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def add_listener(self, listener: OnEvent) -> None:
@@ -429,6 +433,8 @@ class Supervisor:
                             if a.placement != "local"
                         }
                         await self.nats.start(remote, self.spawn_service_task)
+                    if self.nats_control is not None and self.nats is not None:
+                        await self.nats_control.start(self.nats.nc)
                     await self._start_all(group)
                 except StartupError as exc:
                     self._started.set_exception(exc)
@@ -452,6 +458,8 @@ class Supervisor:
             self._group = None
             if self.journal is not None:
                 self.journal.abandon()  # only when the shutdown could not close it (the group failed)
+            if self.nats_control is not None:
+                await self.nats_control.close()  # when the shutdown could not (the group failed)
             await self._server.close()
             self._spawner.close()
             self.emit({"event": "system_stopped", "name": self.config.name})
@@ -519,6 +527,8 @@ class Supervisor:
         self._server.stop_listening()
         await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
         await asyncio.gather(*(model.stop() for model in self.models.values()))
+        if self.nats_control is not None:
+            await self.nats_control.close()  # remote clients are told the system stopped
         if self.nats is not None:
             await self.nats.close()
         # Whatever request is still running (client sends, downstream runs) ends now.

@@ -9,7 +9,18 @@ import pytest
 
 from tests.conftest import Systems
 
-HEAVY = ("pydantic", "litellm", "mcp", "aiohttp", "yaml", "asyncio", "uvloop", "loguru", "llmling.supervisor")
+HEAVY = (
+    "pydantic",
+    "litellm",
+    "mcp",
+    "aiohttp",
+    "yaml",
+    "asyncio",
+    "uvloop",
+    "loguru",
+    "llmling.supervisor",
+    "nats",
+)
 PROBE = (
     "import atexit, sys\n"
     f"heavy = {HEAVY!r}\n"
