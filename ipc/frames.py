@@ -59,7 +59,8 @@ def _body(value: Any) -> bytes:
 
 
 def encode_body(value: Any) -> bytes:
-    """A frame's body without its length header (to build frames that share it)."""
+    """A frame's body without its length header: to build frames that share it, and the body of a NATS
+    message (which carries one frame)."""
     return _body(value)
 
 
@@ -85,11 +86,6 @@ def check_prompt_size(prompt: str) -> int:
 def encode(message: Message) -> bytes:
     body = _body(message)
     return HEADER.pack(len(body)) + body
-
-
-def encode_body(message: Message) -> bytes:
-    """A frame's body without its length header (a NATS message carries one frame)."""
-    return _body(message)
 
 
 def _check_envelope(message: Any) -> Message:
