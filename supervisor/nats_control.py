@@ -76,15 +76,21 @@ class _Outbox(asyncio.Transport):
         self.aborted = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """`data` holds whole frames (one from `Peer.send`, several from `Peer.send_encoded`): each frame's
+        body becomes one message."""
         if self.closing:
             return
-        body = bytes(data[HEADER.size :])
-        self.unsent += len(body)
-        if self.unsent > MAX_UNSENT:
-            _log.warning("dropping a NATS client that does not take its replies ({} bytes unsent)", self.unsent)
-            self.abort()
-            return
-        self._control.enqueue(self, body)
+        view, offset = memoryview(data), 0
+        while offset < len(view):
+            (size,) = HEADER.unpack_from(view, offset)
+            body = bytes(view[offset + HEADER.size : offset + HEADER.size + size])
+            offset += HEADER.size + size
+            self.unsent += len(body)
+            if self.unsent > MAX_UNSENT:
+                _log.warning("dropping a NATS client that does not read ({} bytes unsent)", self.unsent)
+                self.abort()
+                return
+            self._control.enqueue(self, body)
 
     def get_write_buffer_size(self) -> int:
         return self.unsent
@@ -220,7 +226,8 @@ class NatsControl:
     def _answer(self, inbox: str, message: Message) -> None:
         """One frame to `inbox` outside any request (a refusal, `stopped`)."""
         outbox = _Outbox(self, inbox)
-        outbox.write(HEADER.pack(0) + encode_body(message))
+        body = encode_body(message)
+        outbox.write(HEADER.pack(len(body)) + body)
         outbox.close()
 
     def _peer_closed(self, peer: Peer, exc: Exception | None) -> None:
