@@ -191,6 +191,7 @@ class HostServing:
         assert host.nats is not None
         js = host.nats.jetstream()
         for name, runner in system.slots.items():
+            assert isinstance(runner, AgentReplicas)  # a host's reduced config places every agent locally
             # One run fetched per free place (`concurrency` per process of the agent).
             serving = serve_agent(
                 js,

@@ -38,7 +38,7 @@ from llmling.ipc.messages import HostReport, ProcessStatus, RemoteReply, ResultF
 from llmling.ipc.nats_connect import NatsConnectError, close_quietly, connect, options_from_config
 from llmling.ipc.nats_subjects import Subjects
 from llmling.ipc.peer import OnChunk
-from llmling.supervisor.remote_serve import runner_places
+from llmling.supervisor.replicas import AgentReplicas
 from llmling.supervisor.runner import AgentRunner
 from llmling.supervisor.slot import TIMEOUT_GRACE
 
@@ -499,7 +499,7 @@ class HybridAgent:
     was admitted until it enters `submit`, which then picks the side that has a free place at that moment.
     """
 
-    def __init__(self, local: AgentRunner, remote: RemoteAgent) -> None:
+    def __init__(self, local: AgentReplicas, remote: RemoteAgent) -> None:
         self.name = local.name
         self.local = local
         self.remote = remote
@@ -540,8 +540,8 @@ class HybridAgent:
         }
 
     def _local_free(self) -> bool:
-        status = self.local.status()
-        return self.local.state == "ready" and status["running"] + status["queued"] < runner_places(self.local)
+        local = self.local
+        return local.state == "ready" and local.running + local.queued < local.places
 
     def check_capacity(self) -> None:
         try:
@@ -566,7 +566,7 @@ class HybridAgent:
             self.remote.release()
 
     def authenticate(self, peer: Any, token: str) -> bool:
-        return bool(self.local.authenticate(peer, token))  # type: ignore[attr-defined]
+        return self.local.authenticate(peer, token)
 
     async def submit(
         self, message: RunFrame, on_chunk: OnChunk | None, wait_ready: float = 60.0, admitted: bool = False

@@ -23,11 +23,12 @@ from llmling.ipc.frames import FrameError
 from llmling.ipc.jetstream import decode, encode, result_msg_id
 from llmling.ipc.messages import ErrorFrame, RemoteReply, RunFrame
 from llmling.ipc.nats_subjects import Subjects
-from llmling.supervisor.runner import AgentRunner
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+
+    from llmling.supervisor.replicas import AgentReplicas
 
 Message = dict[str, Any]
 
@@ -49,7 +50,7 @@ async def serve_agent(
     js: JetStreamContext,
     subjects: Subjects,
     agent: str,
-    runner: AgentRunner,
+    runner: AgentReplicas,
     ack_wait: float,
     places: int | None = None,
     host: str | None = None,
@@ -58,7 +59,7 @@ async def serve_agent(
     """Serve `agent`'s runs from its durable consumer with `runner` until cancelled: `places` runs at once
     (default: the runner's concurrency x its processes)."""
     log = logger.bind(agent=agent)
-    places = places or runner_places(runner)
+    places = places or runner.places
     host = host or socket.gethostname()
     sub = await js.pull_subscribe_bind(subjects.consumer(agent), stream=subjects.stream)
     free = asyncio.Semaphore(places)
@@ -71,16 +72,13 @@ async def serve_agent(
     try:
         while True:
             await free.acquire()
-            messages = await _fetch_one(sub, runner, log)
-            if not messages:
+            msg = await _fetch_one(sub, runner, log)
+            if msg is None:
                 free.release()
                 continue
-            for index, msg in enumerate(messages):
-                if index:
-                    await free.acquire()  # never: fetch(1) brings one; kept so a place is one run
-                task = asyncio.create_task(_handle(js, subjects, runner, msg, ack_wait, host, log))
-                handlers.add(task)
-                task.add_done_callback(finished)
+            task = asyncio.create_task(_handle(js, subjects, runner, msg, ack_wait, host, log))
+            handlers.add(task)
+            task.add_done_callback(finished)
     finally:
         # Cancelled (or the subscription failed): no new fetch; runs in flight get `grace`, then are nak'ed.
         if handlers:
@@ -93,39 +91,33 @@ async def serve_agent(
             await sub.unsubscribe()
 
 
-def runner_places(runner: AgentRunner) -> int:
-    """Runs `runner` takes at once: its `concurrency` per process (a replica set lists its `processes`)."""
-    status = runner.status()
-    return max(1, int(status["concurrency"] or 1) * max(1, len(status.get("processes") or [status])))
-
-
-async def _fetch_one(sub: Any, runner: AgentRunner, log: Any) -> list[Msg]:
+async def _fetch_one(sub: Any, runner: AgentReplicas, log: Any) -> Msg | None:
     """One run when the runner is ready and one is there within FETCH_WAIT; else nothing (after a nap when
     the server or the runner is not available)."""
     from nats.errors import ConnectionClosedError
     from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeout
 
-    # A replica set knows its places that would start a run at once: none while a replica restarts (its share
-    # of the runs stays in the queue for other hosts instead of waiting here).
-    free = getattr(runner, "free_places", None)
-    if runner.state != "ready" or free == 0:
+    # None of its places would start a run at once (e.g. while a replica restarts): its share of the runs
+    # stays in the queue for other hosts instead of waiting here.
+    if runner.state != "ready" or runner.free_places == 0:
         await asyncio.sleep(IDLE_WAIT)
-        return []
+        return None
     try:
-        return list(await sub.fetch(1, timeout=FETCH_WAIT))
+        messages = await sub.fetch(1, timeout=FETCH_WAIT)
+        return messages[0] if messages else None
     except (NatsTimeout, TimeoutError):
-        return []
+        return None
     except ConnectionClosedError:
         raise
     except NatsError as exc:
         log.warning("fetching a run failed: {}", exc)
         await asyncio.sleep(IDLE_WAIT)
-        return []
+        return None
 
 
 async def _handle(
-    js: JetStreamContext, subjects: Subjects, runner: AgentRunner, msg: Msg, ack_wait: float, host: str, log: Any
+    js: JetStreamContext, subjects: Subjects, runner: AgentReplicas, msg: Msg, ack_wait: float, host: str, log: Any
 ) -> None:
     """Run one delivered message to an outcome: replied + acked, nak'ed, or terminated (undecodable)."""
     try:
@@ -185,9 +177,9 @@ async def _progress(msg: Msg, ack_wait: float) -> None:
             await msg.in_progress()
 
 
-def _pid(runner: AgentRunner) -> int | None:
-    pid = runner.status().get("pid")
-    return pid if isinstance(pid, int) else None
+def _pid(runner: AgentReplicas) -> int | None:
+    """The agent's first process, as its status names it."""
+    return runner.replicas[0].pid if runner.replicas else None
 
 
 class _ChunkForwarder:

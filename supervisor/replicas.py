@@ -158,6 +158,11 @@ class AgentReplicas:
         return sum(slot.running for slot in self.replicas)
 
     @property
+    def places(self) -> int:
+        """Runs the agent's processes take at once: `concurrency` per process."""
+        return self.policy.concurrency * len(self.replicas)
+
+    @property
     def free_places(self) -> int:
         """Runs that would start at once: free places of the READY replicas, less the runs waiting here (a
         host serving runs from a shared queue fetches this many)."""
@@ -208,8 +213,7 @@ class AgentReplicas:
     # -- admission ------------------------------------------------------------------------------------------
     def check_capacity(self) -> None:
         """Raise AgentBusyError when `max_queue` runs of the agent already wait; counts nothing."""
-        places = self.policy.concurrency * len(self.replicas)
-        waiting = max(0, self.waiting + self.admitted + self._inside - places)
+        waiting = max(0, self.waiting + self.admitted + self._inside - self.places)
         if waiting >= self.policy.max_queue:
             retry_after = min(slot.retry_after() for slot in self.replicas)
             raise AgentBusyError(self.name, waiting, max(1, math.ceil(retry_after / len(self.replicas))))
