@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from llmling.ipc.client import FrameClient, NotRunning
 from llmling.ipc.frames import FrameError, Message, decode, encode_body
-from llmling.ipc.nats_connect import NatsConnectError, NatsOptions, connect
+from llmling.ipc.nats_connect import NatsConnectError, NatsOptions, connect, describe
 from llmling.ipc.nats_subjects import Subjects
 
 if TYPE_CHECKING:
@@ -116,8 +116,7 @@ class NatsClient(FrameClient):
 
     async def _on_error(self, exc: Exception) -> None:
         if not self._refused.done():
-            text = str(exc).strip().removeprefix("nats: ").strip("'").splitlines()[0]
-            self._refused.set_result(f"NATS at {self.target.options.url} refused: {text}")
+            self._refused.set_result(f"NATS at {self.target.options.url} refused: {describe(exc)}")
 
     async def _unless_refused(self, waiting: Awaitable[T]) -> T:
         """`waiting`'s result, or NatsRefused as soon as the server reports a refusal."""

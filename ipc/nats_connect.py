@@ -97,7 +97,7 @@ async def connect(
         if connected and on_error is not None:
             await on_error(exc)
         elif connected:
-            log.warning("NATS: {}", _describe(exc))
+            log.warning("NATS: {}", describe(exc))
         elif not last or not _refused(last[0]):
             # A refusal says why; the connection reset that may follow it must not hide that.
             last[:] = [exc]
@@ -136,7 +136,7 @@ async def connect(
         with contextlib.suppress(Exception):
             await client.close()
         cause = last[0] if last else exc
-        raise NatsConnectError(f"cannot connect to NATS at {options.url}: {_describe(cause)}") from None
+        raise NatsConnectError(f"cannot connect to NATS at {options.url}: {describe(cause)}") from None
     if not reconnect:
         client.options["allow_reconnect"] = False
     connected = True
@@ -158,8 +158,10 @@ class _QuietTlsClose(logging.Filter):
 logging.getLogger("asyncio").addFilter(_QuietTlsClose())
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().removeprefix("nats: ").strip("'\"") or type(exc).__name__
+def describe(exc: BaseException) -> str:
+    """One line for a NATS error (nats-py's text without its prefix and quotes; known causes in words)."""
+    # nats-py quotes the server's text in single quotes; a double quote belongs to it (a quoted subject).
+    text = str(exc).strip().removeprefix("nats: ").strip("'") or type(exc).__name__
     if _refused(exc):
         return (
             "authorization violation (the server wants credentials: creds_file, nkey_seed_file, "
