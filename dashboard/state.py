@@ -8,7 +8,6 @@ ever held, so nothing else can be shown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -25,12 +24,11 @@ TRACES = 300
 RUNS_PER_TRACE = 500
 DURATIONS = 1000
 PREVIEW = 240
-# Feed entries waiting for one live-stream client; more are skipped for it until it reads (it goes on from there).
-CLIENT_QUEUE = 2000
 
 
 def preview(text: Any, width: int = PREVIEW) -> str:
-    line = " ".join(str(text or "").split())
+    """`text` on one line, cut to `width` characters (only its start is read: a long reply costs no more)."""
+    line = " ".join(str(text or "")[: 4 * width].split())
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -93,17 +91,33 @@ class DashboardState:
         self.status: Message | None = None
         self.connected = False
         self.metrics = Metrics(lambda: self.status)
+        # Invariant: the newest FEED entries, in order; the last one's seq is last_seq (0: none yet).
         self.feed: deque[Message] = deque(maxlen=FEED)
-        self._seq = itertools.count(1)
+        self.last_seq = 0
         self.durations: dict[str, deque[float]] = {}
         self.last_seen: dict[str, float] = {}
         # Failed outcomes per agent since the dashboard attached.
         self.failed: dict[str, int] = {}
         self.traces: OrderedDict[str, TraceView] = OrderedDict()
-        self.clients: set[asyncio.Queue[Message | None]] = set()
+        # One event per live-stream client, set when the feed grows (or the dashboard closes: `closed`).
+        self.watchers: set[asyncio.Event] = set()
+        self.closed = False
 
     # -- events ---------------------------------------------------------------------------------------------
     def on_event(self, event: Message) -> None:
+        """Fold one event in: each is read once, by its typed view (the run events are the bulk)."""
+        if (end := RunEnd.of(event)) is not None:
+            self.metrics.observe(event, None, end)
+            self._end(end)
+            self.last_seen[end.agent] = end.ended_at
+            self._add_entry(outcome_entry(end, str(event["event"])))
+            return
+        if (start := RunStart.of(event)) is not None:
+            self.metrics.observe(event, start, None)
+            self._start(start)
+            self.last_seen[start.agent] = start.started_at
+            self._add_entry(feed_entry(event))
+            return
         kind = event.get("event")
         if kind == "subscribed" and isinstance(event.get("status"), dict):
             self.status = event["status"]
@@ -112,14 +126,14 @@ class DashboardState:
             self.connected = False
         elif kind == "agent_state":
             self._agent_state(event)
-        start, end = RunStart.of(event), RunEnd.of(event)  # read once, for the metrics and the trace
-        self.metrics.observe(event, start, end)
-        self._trace(event, start, end)
+        elif kind in (adapter.DEAD_LETTER_EVENT, adapter.RETRY_EVENT):
+            self._marked(event, kind)
+        self.metrics.observe(event)
         agent = event.get("agent")
         if isinstance(agent, str):
             self.last_seen[agent] = stamp(event)
         if kind != "subscribed":
-            self._publish(event)
+            self._add_entry(feed_entry(event))
 
     def _agent_state(self, event: Message) -> None:
         for entry in (self.status or {}).get("agents") or ():
@@ -137,57 +151,61 @@ class DashboardState:
                 if event.get("state") == "restarting":
                     entry["restarts"] = (adapter.as_int(entry.get("restarts")) or 0) + 1
 
-    def _publish(self, event: Message) -> None:
-        shown = feed_entry(event, next(self._seq))
-        self.feed.append(shown)
-        for queue in list(self.clients):
-            with contextlib.suppress(asyncio.QueueFull):  # a client that lags skips entries (bounded by the queue)
-                queue.put_nowait(shown)
+    def _add_entry(self, entry: Message) -> None:
+        """Number a feed entry, keep it, wake the live streams."""
+        self.last_seq += 1
+        entry["seq"] = self.last_seq
+        self.feed.append(entry)
+        for waiter in self.watchers:
+            waiter.set()
 
-    def _trace(self, event: Message, start: RunStart | None, end: RunEnd | None) -> None:
-        kind = event.get("event")
-        if start is not None:
-            node = self._node(start.trace_id, start.id, start.agent, start.parent_id, start.started_at)
-            if node is None:
-                return
+    def feed_after(self, seq: int, limit: int) -> list[Message]:
+        """The feed's entries after `seq`, oldest first: the newest `limit` of them at most."""
+        count = min(self.last_seq - seq, len(self.feed), limit)
+        if count <= 0:
+            return []
+        newest = list(itertools.islice(reversed(self.feed), count))
+        newest.reverse()
+        return newest
+
+    def close_watchers(self) -> None:
+        """Wake every live-stream client to end (the dashboard stops)."""
+        self.closed = True
+        for waiter in self.watchers:
+            waiter.set()
+
+    def _start(self, start: RunStart) -> None:
+        node = self._node(start.trace_id, start.id, start.agent, start.parent_id, start.started_at)
+        if node is not None:
             node.status, node.attempt = "running", start.attempt
             node.prompt = node.prompt or preview(start.prompt)
-            return
-        if end is not None:
-            if end.ok:
-                self._count(end)
-            else:
-                self.failed[end.agent] = self.failed.get(end.agent, 0) + 1
-            if end.ok and end.seconds is not None:
-                self.durations.setdefault(end.agent, deque(maxlen=DURATIONS)).append(end.seconds)
-            node = self._node(end.trace_id, end.id, end.agent, end.parent_id, end.started_at or end.ended_at)
-            if node is None:
-                return
-            node.status = "ok" if end.ok else "failed"
-            node.attempt, node.ended_at, node.error = end.attempt, end.ended_at, end.error
-            node.seconds = end.seconds if end.seconds is not None else _since(node.started_at, end.ended_at)
-            node.cost, node.tokens = end.cost, end.prompt_tokens + end.completion_tokens
-            node.prompt = node.prompt or preview(end.prompt)
-            node.content = preview(end.content or end.error)
-            return
-        if kind in (adapter.DEAD_LETTER_EVENT, adapter.RETRY_EVENT):
-            trace_id, run_id = str(event.get("trace_id")), str(event.get("id"))
-            node = self._node(trace_id, run_id, str(event.get("agent")), adapter.as_str(event.get("parent_id")))
-            if node is not None:
-                node.status = "dead" if kind == adapter.DEAD_LETTER_EVENT else "retrying"
-                node.error = preview(event.get("reason") or event.get("error"))
 
-    def _count(self, end: RunEnd) -> None:
-        """Add a finished run to the status's totals until the next poll brings the supervisor's own."""
-        totals = (self.status or {}).get("totals")
-        if not isinstance(totals, dict):
+    def _end(self, end: RunEnd) -> None:
+        if end.ok:
+            if end.seconds is not None:
+                durations = self.durations.get(end.agent)
+                if durations is None:
+                    durations = self.durations[end.agent] = deque(maxlen=DURATIONS)
+                durations.append(end.seconds)
+        else:
+            self.failed[end.agent] = self.failed.get(end.agent, 0) + 1
+        node = self._node(end.trace_id, end.id, end.agent, end.parent_id, end.started_at or end.ended_at)
+        if node is None:
             return
-        entry = totals.setdefault(end.agent, {})
-        entry["runs"] = (adapter.as_int(entry.get("runs")) or 0) + 1
-        tokens = end.prompt_tokens + end.completion_tokens
-        entry["total_tokens"] = (adapter.as_int(entry.get("total_tokens")) or 0) + tokens
-        if end.cost is not None:
-            entry["cost"] = (adapter.as_float(entry.get("cost")) or 0.0) + end.cost
+        node.status = "ok" if end.ok else "failed"
+        node.attempt, node.ended_at, node.error = end.attempt, end.ended_at, end.error
+        node.seconds = end.seconds if end.seconds is not None else _since(node.started_at, end.ended_at)
+        node.cost, node.tokens = end.cost, end.prompt_tokens + end.completion_tokens
+        node.prompt = node.prompt or preview(end.prompt)
+        node.content = preview(end.content or end.error)
+
+    def _marked(self, event: Message, kind: str) -> None:
+        """A dead letter or a retry marks its run's node."""
+        trace_id, run_id = str(event.get("trace_id")), str(event.get("id"))
+        node = self._node(trace_id, run_id, str(event.get("agent")), adapter.as_str(event.get("parent_id")))
+        if node is not None:
+            node.status = "dead" if kind == adapter.DEAD_LETTER_EVENT else "retrying"
+            node.error = preview(event.get("reason") or event.get("error"))
 
     def _node(
         self, trace_id: str, run_id: str, agent: str, parent_id: str | None, at: float | None = None
@@ -249,16 +267,31 @@ def _since(started: float | None, ended: float) -> float | None:
     return None if started is None else max(0.0, ended - started)
 
 
-SCALARS = (str, int, float, bool)
+SCALARS = frozenset({str, int, float, bool})
 FEED_KEYS = ("agent", "id", "trace_id", "parent_id", "state", "trigger", "kind", "code", "attempt", "pid")
 
 
-def feed_entry(event: Message, seq: int) -> Message:
-    """An event as the feed shows it: its kind, agent, ids and a preview of its texts; no other field."""
-    entry: Message = {"seq": seq, "ts": stamp(event), "event": str(event.get("event"))}
+def outcome_entry(end: RunEnd, kind: str) -> Message:
+    """feed_entry() of an outcome event, from its typed view (the bulk of the feed: no field read twice)."""
+    entry: Message = {"ts": end.ended_at, "event": kind, "agent": end.agent, "id": end.id}
+    entry["trace_id"], entry["attempt"] = end.trace_id, end.attempt
+    if end.parent_id is not None:
+        entry["parent_id"] = end.parent_id
+    if not end.ok:
+        entry["kind"] = end.outcome
+    text = end.error or end.content or end.prompt
+    if text:
+        entry["text"] = preview(text, 160)
+    return entry
+
+
+def feed_entry(event: Message) -> Message:
+    """An event as the feed shows it (its `seq` is added when kept): its kind, agent, ids and a preview of its
+    texts; no other field."""
+    entry: Message = {"ts": stamp(event), "event": str(event.get("event"))}
     for key in FEED_KEYS:
         value = event.get(key)
-        if isinstance(value, SCALARS):
+        if type(value) in SCALARS:
             entry[key] = value
     text = event.get("error") or event.get("reason") or event.get("content") or event.get("prompt")
     if text:
@@ -266,4 +299,4 @@ def feed_entry(event: Message, seq: int) -> Message:
     return entry
 
 
-__all__ = ["DashboardState", "RunNode", "TraceView", "feed_entry", "percentile", "preview"]
+__all__ = ["DashboardState", "RunNode", "TraceView", "feed_entry", "outcome_entry", "percentile", "preview"]

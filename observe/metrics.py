@@ -145,11 +145,10 @@ class Metrics:
         if end is None and start is None and kind in RUN_EVENTS:
             start, end = RunStart.of(event), RunEnd.of(event)
         if end is not None:
+            self._undead(end.id)  # its start may not come: a batch of the event stream leaves a fast run's out
             self._run_end(end)
         elif start is not None:
-            if start.id in self._dead:  # a retried dead letter is delivered again
-                agent = self._dead.pop(start.id)
-                self.dead_letters[agent] = self.dead_letters.get(agent, 0) - 1
+            self._undead(start.id)
         elif kind == adapter.DEAD_LETTER_EVENT:
             agent, run_id = str(event.get("agent")), str(event.get("id"))
             if run_id not in self._dead:
@@ -163,6 +162,12 @@ class Metrics:
             _add(self.webhook_requests, (str(event.get("trigger")), "202"), 1)
         elif kind == "webhook_rejected":
             _add(self.webhook_requests, (str(event.get("trigger") or ""), str(event.get("code"))), 1)
+
+    def _undead(self, run_id: str) -> None:
+        """A retried dead letter is delivered again: it is no longer one."""
+        if run_id in self._dead:
+            agent = self._dead.pop(run_id)
+            self.dead_letters[agent] = self.dead_letters.get(agent, 0) - 1
 
     def _run_end(self, end: RunEnd) -> None:
         agent = end.agent

@@ -1,13 +1,14 @@
-"""OpenTelemetry: the telemetry worker process, which turns run records into OTLP spans and exports them over
+"""OpenTelemetry: the telemetry worker process, which turns run outcomes into OTLP spans and exports them over
 OTLP/HTTP (protobuf) in batches.
 
-`python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads lines of JSON arrays of run records on stdin
-(observe/runs.py RECORD_FIELDS: a run's outcome and start time, written by the supervisor's TelemetryService),
-makes one span per run straight into the protobuf of the export request (opentelemetry-proto's messages: ~25 µs
-a span, where the SDK's TracerProvider, BatchSpanProcessor and exporter cost ~300 µs), and posts a request when
-EXPORT_S passed since the first span waiting or MAX_BATCH spans wait. While a request is posted, stdin waits (a
-slow or absent collector makes the supervisor's side drop records, bounded there). At EOF (the supervisor
-stopped, or died: its end of the pipe closes) it exports what is left and exits.
+`python -m llmling.observe.telemetry ENDPOINT SERVICE_NAME` reads lines of JSON arrays of events on stdin (the
+event stream's batches, written by the supervisor's TelemetryService), keeps the time of each run's first
+`run_started` until its outcome (REMEMBERED_STARTS at most), makes one span per outcome straight into the
+protobuf of the export request (opentelemetry-proto's messages: ~25 µs a span, where the SDK's TracerProvider,
+BatchSpanProcessor and exporter cost ~300 µs), and posts a request when EXPORT_S passed since the first span
+waiting or MAX_BATCH spans wait. While a request is posted, stdin waits (a slow or absent collector makes the
+supervisor's side drop batches, bounded there). At EOF (the supervisor stopped, or died: its end of the pipe
+closes) it exports what is left and exits.
 
 Ids are derived from llmling's: the trace id is the trace's 128-bit hex id; a run's span id is the first 64 bits
 of the SHA-256 of its run id, so a downstream run's span names its parent's span by the parent's run id,
@@ -30,8 +31,7 @@ from urllib.parse import urlsplit
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
-from llmling.observe.adapter import as_float
-from llmling.observe.runs import RunEnd, event_of
+from llmling.observe.runs import OUTCOME_EVENTS, RunEnd, stamp
 from llmling.observe.scheduling import IDLE_ENV, become_idle, leave_idle
 
 # Export when the oldest span waiting is this old (seconds), or when MAX_BATCH spans wait (one request each).
@@ -43,6 +43,8 @@ ATTEMPTS = 2
 RETRY_PAUSE_S = 0.5
 RETRYABLE = frozenset({429, 502, 503, 504})
 READ_SIZE = 1 << 20
+# Runs started whose outcome was not seen yet, whose start time is kept; oldest dropped first.
+REMEMBERED_STARTS = 10_000
 
 log = logging.getLogger("llmling.telemetry")
 
@@ -177,20 +179,34 @@ class Worker:
     def __init__(self, endpoint: str, service_name: str) -> None:
         self.batch = SpanBatch(service_name)
         self.exporter = Exporter(endpoint)
+        # Invariant: run id → when its first start was seen, for runs without an outcome yet; at most
+        # REMEMBERED_STARTS, oldest first (a dict keeps the order of insertion).
+        self._started: dict[str, float] = {}
 
     def take_line(self, line: bytes) -> None:
+        """One batch of events: a start's time is kept, an outcome becomes a span."""
         try:
-            records = json.loads(line)
+            events = json.loads(line)
         except ValueError:
             return  # never from our supervisor; a line we cannot read is skipped
-        for record in records if isinstance(records, list) else ():
-            event = event_of(record)
-            run = RunEnd.of(event) if event is not None else None
-            if run is None:
+        for event in events if isinstance(events, list) else ():
+            if not isinstance(event, dict):
                 continue
-            self.batch.add(run, as_float(event.get("started_ts")))
-            if self.batch.count >= MAX_BATCH:
-                self.export_due()
+            kind = event.get("event")
+            if kind == "run_started":
+                self._started_at(event)
+            elif kind in OUTCOME_EVENTS and (run := RunEnd.of(event)) is not None:
+                self.batch.add(run, self._started.pop(run.id, None))
+                if self.batch.count >= MAX_BATCH:
+                    self.export_due()
+
+    def _started_at(self, event: dict[str, Any]) -> None:
+        """Keep when a run first started (a redelivery keeps the first start)."""
+        run_id = event.get("id")
+        if isinstance(run_id, str) and run_id not in self._started:
+            self._started[run_id] = stamp(event)
+            if len(self._started) > REMEMBERED_STARTS:
+                del self._started[next(iter(self._started))]
 
     def export_due(self, force: bool = False) -> None:
         since = self.batch.since

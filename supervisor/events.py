@@ -13,6 +13,15 @@ by `{"event":"dropped","count":N}`.
 The run events (the bulk: two per run) cost the run's path only a shallow copy: they are encoded once for
 every subscriber, and written to each in one write, FLUSH_S later (a dashboard or `watch` on a busy system
 wakes up 1/FLUSH_S times a second, not per event). Any other event flushes them and itself at once, in order.
+
+A batch leaves out the `run_started` of a run whose `run_finished` (same id and attempt) is in the same batch:
+the outcome carries everything the start does (agent, ids, parent, prompt, attempt; its start is `ts` minus
+`elapsed_total`), so a fast run costs one event, not two, to encode, send and read. One-event chunks (`watch`)
+keep both.
+
+In-process readers (`add_reader`: the telemetry service, which hands them to its worker process) take the same
+batches as the subscribers without an agent filter: one encoding of a batch serves the dashboard and the
+telemetry worker.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -41,6 +50,23 @@ BUFFER_LIMIT = 1 << 20
 FLUSH_S = 0.05
 # The events that wait for the flush (any other is written at once, after those waiting).
 BATCHED = RUN_EVENTS | {"run_retry"}
+
+
+class BatchReader(Protocol):
+    """An in-process reader of every event, in batches."""
+
+    def take(self, body: bytes, count: int) -> None:
+        """`body`: the JSON list of `count` events, in order (the same bytes every reader gets); never raises."""
+
+
+def coalesced(events: list[Message]) -> list[Message]:
+    """`events` without each `run_started` whose `run_finished` (same id and attempt) is among them."""
+    finished = {(e.get("id"), e.get("attempt")) for e in events if e.get("event") == "run_finished"}
+    if not finished:
+        return events
+    return [
+        e for e in events if e.get("event") != "run_started" or (e.get("id"), e.get("attempt")) not in finished
+    ]
 
 
 class Subscription:
@@ -111,12 +137,17 @@ class EventStream:
         self._supervisor = supervisor
         self.limit = limit
         self.subscriptions: list[Subscription] = []
+        self.readers: list[BatchReader] = []
         # Invariant: events stamped and not yet written to the subscribers, oldest first; a flush is scheduled
         # (_flush_handle) whenever it is not empty.
         self._pending: list[Message] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         supervisor.add_listener(self._on_event)
         supervisor.control.register("subscribe", self._on_subscribe)
+
+    def add_reader(self, reader: BatchReader) -> None:
+        """Give `reader` every event from now on, in the batches the subscribers get."""
+        self.readers.append(reader)
 
     def _on_subscribe(self, peer: Peer, message: Message) -> None:
         agents = field(message, "agents", (list, type(None)), default=None)
@@ -133,7 +164,7 @@ class EventStream:
         subscription.offer({"event": "subscribed", "ts": time.time(), "status": status}, self.limit)
 
     def _on_event(self, event: Message) -> None:
-        if not self.subscriptions:
+        if not self.subscriptions and not self.readers:
             return
         self._pending.append({**event, "ts": time.time()})
         if event.get("event") not in BATCHED:
@@ -142,33 +173,47 @@ class EventStream:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
-        """Write the events waiting: each encoded once (a batch subscriber's list once per agent filter), one
-        write per subscriber."""
+        """Write the events waiting: each encoded once (a batch, once per agent filter), one write per
+        subscriber."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         events, self._pending = self._pending, []
         self.subscriptions = [s for s in self.subscriptions if s.peer.is_open]
         if events:
+            batch = coalesced(events)
             bodies: dict[int, bytes | None] = {}  # index in events → its JSON (None: not JSON)
-            lists: dict[frozenset[str] | None, bytes | None] = {}  # a batch subscriber's filter → its list's JSON
+            lists: dict[frozenset[str] | None, tuple[bytes | None, int]] = {}  # agent filter → its batch, length
+            if self.readers:
+                body, count = lists[None] = self._batch(batch, None)
+                for reader in self.readers:
+                    if body is not None:
+                        reader.take(body, count)
             for subscription in self.subscriptions:
-                wanted = [i for i, event in enumerate(events) if subscription.wants(event)]
-                if not wanted:
-                    continue
                 if subscription.batch:
                     if subscription.agents not in lists:
-                        lists[subscription.agents] = self._encode([events[i] for i in wanted])
-                    body = lists[subscription.agents]
-                    if body is not None and subscription.queue(body, self.limit, len(wanted)):
+                        lists[subscription.agents] = self._batch(batch, subscription)
+                    body, count = lists[subscription.agents]
+                    if not count or (body is not None and subscription.queue(body, self.limit, count)):
                         continue
-                for i in wanted:  # one frame each (also a batch too large for one frame, or not JSON)
+                for i, event in enumerate(events):  # one frame each (`watch`; a batch too large for one frame)
+                    if not subscription.wants(event):
+                        continue
                     if i not in bodies:
-                        bodies[i] = self._encode(events[i])
+                        bodies[i] = self._encode(event)
                     if (body := bodies[i]) is not None:
                         subscription.queue(body, self.limit)
         for subscription in self.subscriptions:
             subscription.flush()
+
+    def _batch(self, events: list[Message], subscription: Subscription | None) -> tuple[bytes | None, int]:
+        """The JSON list of the events `subscription` wants (None: every event), and how many that is (a list
+        of none is not encoded)."""
+        if subscription is None or subscription.agents is None:
+            wanted = events
+        else:
+            wanted = [event for event in events if subscription.wants(event)]
+        return (self._encode(wanted) if wanted else None), len(wanted)
 
     @staticmethod
     def _encode(value: Message | list[Message]) -> bytes | None:
@@ -179,4 +224,4 @@ class EventStream:
             return None
 
 
-__all__ = ["BUFFER_LIMIT", "EventStream", "Subscription"]
+__all__ = ["BUFFER_LIMIT", "BatchReader", "EventStream", "Subscription", "coalesced"]

@@ -107,3 +107,39 @@ def csrf_of(page: str) -> str:
     found = re.search(r'name="csrf-token" content="([^"]+)"', page)
     assert found, "the page carries no CSRF token"
     return found.group(1)
+
+
+class LiveStream:
+    """`/api/stream` read in a thread as a browser's EventSource does: each message's `id` and its data (a JSON
+    list of feed entries)."""
+
+    def __init__(self, base: str, token: str, last_event_id: int | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self._response = urllib.request.urlopen(
+            urllib.request.Request(base + "/api/stream", headers=headers), timeout=60
+        )
+        self.messages: list[tuple[int, list[dict[str, Any]]]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        event_id = None
+        # Ends with the connection: closed by the server, or by close() (http.client then finds no file).
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            for raw in self._response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("id: "):
+                    event_id = int(line[4:])
+                elif line.startswith("data: "):
+                    self.messages.append((event_id or 0, json.loads(line[6:])))
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return [entry for _, data in list(self.messages) for entry in data]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._response.close()
+        self._reader.join(30)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmling.testing import TAG_ENV, SystemProcess, llmling_command, wait_gone
 from tests._automation import free_port, wait_until
-from tests._dashboard import DashboardProcess, call, csrf_of
+from tests._dashboard import DashboardProcess, LiveStream, call, csrf_of
 from tests.conftest import Systems
 from tests.test_cli_light import PROBE
 
@@ -112,6 +112,39 @@ def test_agents_traces_and_metrics(system: SystemProcess, dashboard: DashboardPr
 
     found = call(dashboard.base + "/api/history?agent=b&q=hello%20TREE", token)[1]["runs"]
     assert [run["content"] for run in found] == ["ECHO: HELLO TREE"]
+
+
+def test_the_live_stream_sends_lists_of_new_entries_and_goes_on_after_the_last_id(
+    system: SystemProcess, dashboard: DashboardProcess
+) -> None:
+    """The live feed: each message is a list of new feed entries (in order, none twice), its `id` the last
+    entry's seq; a reconnect with Last-Event-ID gets what came after that id first."""
+    stream = LiveStream(dashboard.base, dashboard.token)
+    try:
+        prompts = [f"live {n}" for n in range(12)]
+        for prompt in prompts:
+            assert system.cli("send", "a", prompt, "--wait").returncode == 0
+
+        def b_finished() -> list[dict[str, Any]] | None:
+            done = [e for e in stream.entries if e["event"] == "run_finished" and e.get("agent") == "b"]
+            return done if len(done) >= len(prompts) else None
+
+        wait_until(b_finished, 60, "b's outcomes in the live stream")
+        seqs = [entry["seq"] for entry in stream.entries]
+        assert seqs == sorted(set(seqs)), "in order, none twice"
+        for event_id, data in stream.messages:
+            assert isinstance(data, list) and data and event_id == data[-1]["seq"]
+        texts = {e.get("text") for e in stream.entries if e["event"] == "run_finished" and e.get("agent") == "b"}
+        assert {f"ECHO: {prompt.upper()}" for prompt in prompts} <= texts
+    finally:
+        stream.close()
+    middle = seqs[len(seqs) // 2]
+    again = LiveStream(dashboard.base, dashboard.token, last_event_id=middle)
+    try:
+        wait_until(lambda: again.messages, 30, "the entries after the last id")
+        assert again.messages[0][1][0]["seq"] == middle + 1
+    finally:
+        again.close()
 
 
 def _failed_trace(dashboard: DashboardProcess, token: str) -> dict[str, Any] | None:

@@ -177,18 +177,19 @@ def test_packages_imported_only_when_on() -> None:
 
 def test_worker_retries_a_refused_export_and_times_a_failed_run_from_its_start(receiver: Receiver) -> None:
     """The telemetry worker alone (a real process fed on stdin, as the supervisor does): the collector's first
-    answer is 503, the request is retried; a failed run's span starts when the supervisor saw its start."""
-    from llmling.observe.runs import record_of
-
+    answer is 503, the request is retried; a failed run's span starts when the supervisor saw its first start
+    (a redelivery's start does not move it); events of other kinds are passed over."""
     receiver.refuse_first = 1
     now = time.time()
     ok = {"event": "run_finished", "agent": "a", "id": "r1", "trace_id": "ab" * 16, "elapsed_total": 0.25}
-    failed = {"event": "run_failed", "agent": "b", "id": "r2", "trace_id": "ab" * 16, "parent_id": "r1"}
-    failed |= {"kind": "timeout", "error": "no reply"}
-    records = [record_of(ok, now, now - 0.25), record_of(failed, now + 1.0, now + 0.5)]
+    ok["ts"] = now
+    ids = {"agent": "b", "id": "r2", "trace_id": "ab" * 16, "parent_id": "r1"}
+    started = [{"event": "run_started", **ids, "attempt": n, "ts": now + 0.5 * n} for n in (1, 2)]
+    failed = {"event": "run_failed", **ids, "kind": "timeout", "error": "no reply", "ts": now + 1.0}
+    batches = [[ok, {"event": "agent_state", "agent": "a", "state": "busy"}, started[0]], [started[1], failed]]
     worker = subprocess.run(
         [sys.executable, "-m", "llmling.observe.telemetry", f"http://127.0.0.1:{receiver.port}", "svc"],
-        input=json.dumps(records).encode() + b"\n",
+        input=b"".join(json.dumps(batch).encode() + b"\n" for batch in batches),
         capture_output=True,
         timeout=60,
     )

@@ -259,8 +259,9 @@ def test_event_prompt_is_bounded(systems) -> None:  # type: ignore[no-untyped-de
 async def test_a_batch_subscription_gets_the_events_in_order_several_to_a_chunk(
     tmp_path: Path, sock_path: Path
 ) -> None:
-    """`subscribe` with `batch`: chunks carry `events` lists; every run's events arrive, in order, and a
-    subscriber of one agent gets only that agent's (and the system's) events."""
+    """`subscribe` with `batch`: chunks carry `events` lists; every run's events arrive, in order (a start whose
+    outcome is in the same chunk is left out: the outcome carries it), and a subscriber of one agent gets only
+    that agent's (and the system's) events."""
     path = write_system(
         tmp_path / "sys", "agents:\n  a:\n    callback: rec:record\n  b:\n    callback: rec:record\n"
     )
@@ -285,11 +286,42 @@ async def test_a_batch_subscription_gets_the_events_in_order_several_to_a_chunk(
     events = batch_events(chunks)
     assert events[0]["event"] == "subscribed"
     assert any(len(chunk.get("events") or ()) > 1 for chunk in chunks), "several events share a chunk"
+    coalesced = 0
     for n in range(10):
         kinds = [e["event"] for e in events if e.get("prompt") == f"m{n}"]
-        assert kinds == ["run_started", "run_finished"], (n, kinds)
+        assert kinds in (["run_started", "run_finished"], ["run_finished"]), (n, kinds)
+        coalesced += kinds == ["run_finished"]
+        finished = next(e for e in events if e.get("prompt") == f"m{n}" and e["event"] == "run_finished")
+        assert {"agent", "id", "trace_id", "parent_id", "attempt", "elapsed_total", "ts"} <= finished.keys()
+    assert coalesced, "fast runs cost one event each"
     assert {e.get("agent") for e in batch_events(only_b) if "agent" in e} == {"b"}
 
 
 def batch_events(chunks: list[dict]) -> list[dict]:
     return [event for chunk in chunks for event in chunk.get("events") or [chunk.get("event")] if event]
+
+
+def test_a_start_is_left_out_of_a_batch_only_with_its_own_outcome() -> None:
+    """coalesced(): only a `run_started` followed by the `run_finished` of the same id and attempt goes; a failed
+    attempt's start, a start without its outcome yet, and every other event stay, in order."""
+    from llmling.supervisor.events import coalesced
+
+    def run(kind: str, run_id: str, attempt: int) -> dict:
+        return {"event": kind, "id": run_id, "attempt": attempt}
+
+    events = [
+        run("run_started", "r1", 1),
+        {"event": "agent_state", "agent": "a", "state": "busy"},
+        run("run_started", "r2", 1),
+        run("run_retry", "r2", 1),
+        run("run_started", "r2", 2),
+        run("run_finished", "r1", 1),
+        run("run_finished", "r2", 2),
+        run("run_started", "r3", 1),
+        run("run_started", "r4", 1),
+        run("run_failed", "r4", 1),
+    ]
+    kept = coalesced(events)
+    assert kept == [events[1], events[2], events[3], events[5], events[6], events[7], events[8], events[9]]
+    quiet = [run("run_started", "r5", 1), {"event": "agent_state"}]
+    assert coalesced(quiet) is quiet

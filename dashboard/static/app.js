@@ -216,8 +216,12 @@ const overviewSoon = throttle(loadOverview, 300);
 async function startFeed() {
   const data = await api("/api/feed").catch(() => ({ events: [] }));
   data.events.forEach(addEvent);
-  const source = new EventSource("/api/stream");
-  source.onmessage = (message) => addEvent(JSON.parse(message.data));
+  // Each message is a list of feed entries (the newest of a quarter second); a reconnect goes on after the last.
+  const source = new EventSource(`/api/stream?after=${state.lastSeq}`);
+  source.onmessage = (message) => {
+    const data = JSON.parse(message.data);
+    (Array.isArray(data) ? data : [data]).forEach(addEvent);
+  };
   source.onerror = () => { document.getElementById("connection").className = "dot off"; };
 }
 
