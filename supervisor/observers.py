@@ -19,7 +19,7 @@ def add_observers(supervisor: Supervisor) -> None:
     if config.telemetry is not None:
         from llmling.supervisor.telemetry_service import TelemetryService
 
-        supervisor.services.append(TelemetryService(supervisor, config.telemetry))
+        supervisor.late_services.append(TelemetryService(supervisor, config.telemetry))  # spans of drained runs
 
 
 __all__ = ["add_observers"]

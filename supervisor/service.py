@@ -1,4 +1,5 @@
-"""What a supervisor service is: something started once every agent is READY and stopped before the drain.
+"""What a supervisor service is: something started once every agent is READY and stopped before the drain (a
+late service, `Supervisor.late_services`: after the agents stopped).
 
 Triggers, background timers and the history writer are services. A service's long-lived tasks are created
 with `Supervisor.spawn_service_task`, so the root TaskGroup owns them; `stop()` must make them end.

@@ -112,6 +112,9 @@ class Supervisor:
         # Started after every agent is READY, stopped (in reverse order) before the drain. A service owns
         # its long-lived tasks through `spawn_service_task`.
         self.services: list[Service] = []
+        # Started after `services`, stopped after the agents: services that report runs (telemetry), so a run
+        # that ends during the drain is reported too.
+        self.late_services: list[Service] = []
         self._group: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -484,8 +487,16 @@ class Supervisor:
             raise StartupError("; ".join(f"agent {slot.name!r}: {slot.last_error}" for slot in failed))
         for model in self.models.values():
             group.create_task(model.supervise(), name=f"model-{model.name}")
-        for service in self.services:
+        for service in (*self.services, *self.late_services):
             await service.start()
+
+    async def _stop_services(self, services: list[Service]) -> None:
+        """Stop `services` in reverse order; one that fails to stop is logged, the others still stop."""
+        for service in reversed(services):
+            try:
+                await service.stop()
+            except Exception:
+                self.log.exception("service {} failed to stop", service.name)
 
     async def _resume(self) -> None:
         """Deliver the units an earlier run of this system accepted and did not finish."""
@@ -507,11 +518,7 @@ class Supervisor:
     async def _shutdown(self, drain: bool) -> None:
         self.log.info("shutting down{}", "" if drain else " (no drain)")
         self.emit({"event": "system_stopping", "name": self.config.name})
-        for service in reversed(self.services):
-            try:
-                await service.stop()
-            except Exception:
-                self.log.exception("service {} failed to stop", service.name)
+        await self._stop_services(self.services)
         # New sends are refused from here on; the socket keeps listening through the drain, so a client that
         # connects now is told the system is shutting down instead of finding no system.
         self.router.accepting = False
@@ -527,6 +534,7 @@ class Supervisor:
         self._server.stop_listening()
         await asyncio.gather(*(slot.stop(AGENT_GRACE) for slot in self.slots.values()))
         await asyncio.gather(*(model.stop() for model in self.models.values()))
+        await self._stop_services(self.late_services)
         if self.nats_control is not None:
             await self.nats_control.close()  # remote clients are told the system stopped
         if self.nats is not None:

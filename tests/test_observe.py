@@ -19,6 +19,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmling.testing import llmling_command
 from tests._automation import free_port, wait_listening, wait_until
 from tests.conftest import Systems
 
@@ -162,6 +163,29 @@ def test_spans_of_a_chain(systems: Systems, receiver: Receiver) -> None:
     resource = {kv.key: kv.value.string_value for kv in receiver.requests[0].resource_spans[0].resource.attributes}
     assert resource["service.name"] == "chain"
     assert a.trace_id.hex() == json.loads(done.stdout)["trace_id"]
+
+
+def test_a_run_that_ends_during_the_drain_has_its_span(systems: Systems, receiver: Receiver) -> None:
+    """Telemetry stops after the agents: a run still running when the stop begins is exported when it ends."""
+    config = (
+        "agents:\n  s:\n    callback: cb:slow\n    env_passthrough: [SLOW_SECONDS]\n"
+        f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver.port}'}}\n"
+    )
+    system = systems.start(config, env={"SLOW_SECONDS": "1.5"})
+    command = [*llmling_command(), "send", "s", "finish me", "--socket", str(system.socket)]
+    sender = subprocess.Popen(command, env=system.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running() -> bool:
+        return any(agent.get("running") for agent in system.status()["agents"])
+
+    wait_until(running, 30, "the run to start")
+    assert system.stop() == 0
+    out, err = sender.communicate(timeout=60)
+    assert sender.returncode == 0 and "late" in out, err
+    spans = wait_until(lambda: receiver.spans() or None, 30, "the drained run's span")
+    attributes = {kv.key: kv.value for kv in spans[0].attributes}
+    assert attributes["gen_ai.agent.name"].string_value == "s"
+    assert attributes["llmling.outcome"].string_value == "ok"
 
 
 def test_packages_imported_only_when_on() -> None:
