@@ -10,8 +10,10 @@ and `chain_msgs_per_s` (a four-agent chain C1 >> C2 >> C3 >> C4), both with CLIE
 the processes of both systems quiet before each window. With each figure: the 1-minute load average, and with
 each throughput the CPU time per message of the supervisor, the agents, the dashboard, the telemetry worker
 and the viewer (from /proc: where the time goes, a figure the machine's load moves far less). The target: each
-observed figure (p50, throughputs) within 10 % of the plain one, as medians over the rounds; the cost of each
-round's pair is reported too.
+observed figure (p50, throughputs) within 10 % of the plain one. Judged on the median of the rounds' paired
+costs (`cost_median_of_rounds`): each round measures both systems back to back, under the same load, while the
+machine's speed drifts between rounds by more than the target (a ratio of the medians, `cost`, mixes rounds of
+different speeds; it is reported too, with every round's pair and the quartiles of the paired costs).
 """
 
 from __future__ import annotations
@@ -246,6 +248,14 @@ def cost_of(plain: dict[str, float], observed: dict[str, float]) -> dict[str, fl
     return out
 
 
+def quartiles(values: list[float]) -> list[float]:
+    """The first and third quartiles (the middle half of the values lies between them)."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else []
+    first, _, third = statistics.quantiles(values, n=4)
+    return [round(first, 3), round(third, 3)]
+
+
 def summarise(rounds: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> dict[str, Any]:
     """Medians over the rounds of each figure, their costs, and the cost of each round (plain and observed
     measured back to back: the pairs see the same load)."""
@@ -265,12 +275,13 @@ def summarise(rounds: dict[str, list[dict[str, float]]], args: argparse.Namespac
     result["cost_median_of_rounds"] = {
         name: round(statistics.median(r[name] for r in per_round), 3) for name in COSTS
     }
+    result["cost_quartiles_of_rounds"] = {name: quartiles([r[name] for r in per_round]) for name in COSTS}
     result["cost_per_round"] = per_round
     result["load_1m_per_round"] = [
         [p["load_1m"], o["load_1m"]] for p, o in zip(rounds["plain"], rounds["observed"], strict=True)
     ]
     result["target_cost"] = TARGET_COST
-    result["ok"] = all(result["cost"][name] <= TARGET_COST for name in TARGETED)
+    result["ok"] = all(result["cost_median_of_rounds"][name] <= TARGET_COST for name in TARGETED)
     return result
 
 
