@@ -171,7 +171,7 @@ def test_a_run_that_ends_during_the_drain_has_its_span(systems: Systems, receive
         "agents:\n  s:\n    callback: cb:slow\n    env_passthrough: [SLOW_SECONDS]\n"
         f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:{receiver.port}'}}\n"
     )
-    system = systems.start(config, env={"SLOW_SECONDS": "1.5"})
+    system = systems.start(config, env={"SLOW_SECONDS": "4"})  # long enough to be seen running
     command = [*llmling_command(), "send", "s", "finish me", "--socket", str(system.socket)]
     sender = subprocess.Popen(command, env=system.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
