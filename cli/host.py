@@ -38,7 +38,8 @@ def host(
     quiet: bool,
 ) -> None:
     """Run agents of CONFIG on this machine and serve their runs from the system's NATS JetStream, until
-    Ctrl+C or SIGTERM (runs in flight finish, up to shutdown_timeout; the rest go back to the queue).
+    Ctrl+C or SIGTERM (runs in flight finish, up to shutdown_timeout; the rest go back to the queue; a second
+    Ctrl+C gives them back at once).
 
     Exit status: 0 after a stop, 1 when it cannot start (NATS refused, an agent failed), 2 for a bad config
     or option."""

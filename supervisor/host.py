@@ -8,9 +8,9 @@ consumers (`serve_agent`, one per agent) and publishes a `HostReport` to `hosts`
 
 Order: NATS is connected first (refused: one line, nothing started), then the processes start; the serving
 starts once they are READY (a service), and stops before them: no new fetch, runs in flight get up to
-`shutdown_timeout`, the rest are nak'ed (redelivered elsewhere), a last report says `leaving`, then the
-processes stop and the NATS connection is closed. A lost NATS connection is retried forever (nats-py's
-reconnect); the processes keep running meanwhile.
+`shutdown_timeout` (a second Ctrl+C ends that wait), the rest are nak'ed (redelivered elsewhere), a last report
+says `leaving`, then the processes stop and the NATS connection is closed. A lost NATS connection is retried
+forever (nats-py's reconnect); the processes keep running meanwhile.
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ class AgentHost:
         self.system.services.append(self.serving)
 
     def request_stop(self, force: bool = False) -> None:
-        """Begin the stop (see the module's docstring); `force` skips the supervisor's own drain only: runs in
-        flight on this host get up to `shutdown_timeout` either way (then they are nak'ed)."""
+        """Begin the stop (see the module's docstring). `force` (a second Ctrl+C) ends the wait for the runs in
+        flight: they are nak'ed at once (JetStream gives them to another place, under the same id)."""
+        if force:
+            self.serving.cut.set()
         self.system.request_stop(force)
 
     async def connect(self) -> None:
@@ -182,6 +184,8 @@ class HostServing:
     def __init__(self, host: AgentHost) -> None:
         self.host = host
         self._stop = asyncio.Event()
+        # Set by a second Ctrl+C: the runs in flight are nak'ed without waiting for `shutdown_timeout`.
+        self.cut = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -201,6 +205,7 @@ class HostServing:
                 host.nats_config.ack_wait,
                 host=host.name,
                 grace=system.config.shutdown_timeout,
+                cut=self.cut,
             )
             self._tasks.append(system.spawn_service_task(serving, name=f"serve-{name}"))
         self._tasks.append(system.spawn_service_task(self._reports(), name="host-reports"))

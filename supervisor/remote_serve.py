@@ -55,9 +55,11 @@ async def serve_agent(
     places: int | None = None,
     host: str | None = None,
     grace: float = 10.0,
+    cut: asyncio.Event | None = None,
 ) -> None:
     """Serve `agent`'s runs from its durable consumer with `runner` until cancelled: `places` runs at once
-    (default: the runner's concurrency x its processes)."""
+    (default: the runner's concurrency x its processes). Once cancelled, runs in flight get `grace` seconds,
+    or until `cut` is set (a second Ctrl+C), then are nak'ed."""
     log = logger.bind(agent=agent)
     places = places or runner.places
     host = host or socket.gethostname()
@@ -82,13 +84,25 @@ async def serve_agent(
     finally:
         # Cancelled (or the subscription failed): no new fetch; runs in flight get `grace`, then are nak'ed.
         if handlers:
-            await asyncio.wait(set(handlers), timeout=grace)
+            await _grace(handlers, grace, cut)
             for task in list(handlers):
                 task.cancel()
             if handlers:
                 await asyncio.wait(set(handlers))
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _grace(handlers: set[asyncio.Task[None]], grace: float, cut: asyncio.Event | None) -> None:
+    """Until the runs in flight (`handlers`) ended, `grace` seconds passed, or `cut` is set."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    cut_wait = asyncio.ensure_future((cut or asyncio.Event()).wait())
+    try:
+        while handlers and not cut_wait.done() and (left := deadline - loop.time()) > 0:
+            await asyncio.wait({*handlers, cut_wait}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cut_wait.cancel()
 
 
 async def _fetch_one(sub: Any, runner: AgentReplicas, log: Any) -> Msg | None:

@@ -262,6 +262,46 @@ def run_host(config_file: Path, name: str, env: dict[str, str] | None = None) ->
     )
 
 
+def test_a_second_ctrl_c_of_a_host_gives_its_run_back_at_once(
+    nats: NatsServer, systems: Systems, hosts: Hosts
+) -> None:
+    """The first Ctrl+C of a host waits for its run in flight (`shutdown_timeout`: 600 s here); a second one
+    nak's it at once: the host exits 0, another host answers the run under the same id, nothing is lost."""
+    system = systems.make(
+        f"""
+        shutdown_timeout: 600
+        transport: {{nats: {{url: "{nats.url}", ack_wait: 1, host_heartbeat: 0.3}}}}
+        agents:
+          g: {{callback: "work:gated", placement: remote}}
+        """,
+        modules={"work": WORK},
+    )
+    system.start(until=system_ready)
+    folder = system.config.parent
+    first = hosts.start(system.config, "h1")
+    command = [*llmling_command(), "send", "g", "hold on", "--json", "--socket", str(system.socket)]
+    sender = subprocess.Popen(command, env=system.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ((run_id, first_pid),) = wait_until(lambda: runs_noted(folder, "start") or None, 60, "the run on h1")
+    assert first.process is not None
+    first.process.send_signal(signal.SIGINT)
+    wait_until(lambda: "shutting down" in first.log_text(), 60, "h1 to begin its stop")
+    first.process.send_signal(signal.SIGINT)
+    assert first.process.wait(120) == 0, first.log_text()
+    hosts.start(system.config, "h2")
+
+    def started_again() -> list[tuple[str, int]] | None:
+        return [noted for noted in runs_noted(folder, "start") if noted[1] != first_pid] or None
+
+    ((again_id, second_pid),) = wait_until(started_again, 60, "the run again, on h2")
+    assert again_id == run_id
+    (folder / "GATE").touch()
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    reply = json.loads(out)
+    assert reply["id"] == run_id and reply["content"] == f"{second_pid}: hold on"
+    assert runs_noted(folder, "done") == [(run_id, second_pid)]
+
+
 def test_a_host_without_credentials_is_refused_with_one_line(tmp_path: Path, hosts: Hosts) -> None:
     with NatsServer(tmp_path / "nats", user="llm", password="s3cret-pw") as server:
         folder = tmp_path / "system"
