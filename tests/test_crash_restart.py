@@ -69,7 +69,9 @@ def test_a_run_in_flight_fails_when_its_agent_dies(systems: Systems) -> None:
         text=True,
     )
     try:
-        wait_for(lambda: system.request({"t": "status"})["pending_runs"] >= 1)
+        # In the process (its frame written to it), not only accepted: a kill before that would leave the run
+        # for the restarted process.
+        wait_for(lambda: (agent(system, "slow").get("running") or 0) >= 1)
         os.kill(victim, signal.SIGKILL)
         # Far less than the 60 s the callback sleeps: the run fails when the process dies, it does not hang.
         out, err = sender.communicate(timeout=20)

@@ -158,7 +158,9 @@ def test_changed_agent_finishes_its_run_in_flight(systems) -> None:  # type: ign
         text=True,
         env=system.env,
     )
-    wait_until(lambda: system.status()["pending_runs"] >= 1)
+    # In the old process (its frame written to it), not only accepted: one accepted before the reload would be
+    # the new process's to run.
+    wait_until(lambda: any(a["name"] == "summarizer" and a.get("running") for a in system.status()["agents"]))
     system.config.write_text(textwrap.dedent(slow).replace("cb:slow", "cb:echo"))
     assert system.cli("reload").returncode == 0
     out, err = waiting.communicate(timeout=60)
