@@ -19,7 +19,7 @@ from loguru import logger
 
 from llmling.dashboard.auth import Guard
 from llmling.dashboard.source import ControlSource, SourceError
-from llmling.dashboard.state import DashboardState, preview
+from llmling.dashboard.state import FEED, DashboardState, preview
 from llmling.observe import adapter
 from llmling.observe.metrics import CONTENT_TYPE
 
@@ -178,7 +178,7 @@ class Dashboard:
 
     async def _feed(self, request: web.Request) -> web.Response:
         after = _int_query(request, "after", 0)
-        return web.json_response({"events": [e for e in self.state.feed if e["seq"] > after]})
+        return web.json_response({"events": self.state.feed_after(after, FEED)})
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the feed's new entries, as one `data:` line (a JSON list) at most every SSE_TICK_S

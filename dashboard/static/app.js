@@ -218,10 +218,7 @@ async function startFeed() {
   data.events.forEach(addEvent);
   // Each message is a list of feed entries (the newest of a quarter second); a reconnect goes on after the last.
   const source = new EventSource(`/api/stream?after=${state.lastSeq}`);
-  source.onmessage = (message) => {
-    const data = JSON.parse(message.data);
-    (Array.isArray(data) ? data : [data]).forEach(addEvent);
-  };
+  source.onmessage = (message) => JSON.parse(message.data).forEach(addEvent);
   source.onerror = () => { document.getElementById("connection").className = "dot off"; };
 }
 
